@@ -1,0 +1,70 @@
+/* flashhost.core: what every app may ask of its host process — clocks, ids,
+ * log output, task spawning, and the boot/stop handshake with the runtime. */
+#include "gen.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <inttypes.h>
+
+static int l_now(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_now_ms()); return 1; }
+static int l_mono(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_mono_ns() / 1e6); return 1; }
+
+/* ids are strings: a 64-bit id does not fit a Lua number (a double). */
+static int l_id(lua_State *L) {
+  char buf[24];
+  snprintf(buf, sizeof buf, "%" PRIu64, fh_id_next());
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+static int l_log_enabled(lua_State *L) {
+  lua_pushboolean(L, fh_log_enabled((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+static int l_log_write(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  fh_log_raw(s, len);
+  return 0;
+}
+
+static int l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int nargs = lua_gettop(L) - 1;
+  if (fh_task_spawn(fh_gen_of(L), L, nargs) != 0) return fh_push_error(L, "stopping");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_stopping(lua_State *L) {
+  lua_pushboolean(L, fh_gen_stopping(fh_gen_of(L)));
+  return 1;
+}
+
+static int l_boot_done(lua_State *L) {
+  int ok = lua_toboolean(L, 1);
+  fh_gen_booted(fh_gen_of(L), ok, luaL_optstring(L, 2, NULL));
+  return 0;
+}
+
+static int l_info(lua_State *L) {
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, fh_worker_id()); lua_setfield(L, -2, "worker_id");
+  lua_pushinteger(L, fh_node_id()); lua_setfield(L, -2, "node_id");
+  lua_pushinteger(L, getpid()); lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, fh_gen_id(fh_gen_of(L))); lua_setfield(L, -2, "generation");
+  lua_pushstring(L, FH_VERSION); lua_setfield(L, -2, "version");
+  return 1;
+}
+
+int luaopen_flashhost_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"now", l_now}, {"mono", l_mono}, {"id", l_id},
+    {"log_enabled", l_log_enabled}, {"log_write", l_log_write},
+    {"spawn", l_spawn}, {"stopping", l_stopping},
+    {"boot_done", l_boot_done}, {"info", l_info}, {NULL, NULL}};
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  return 1;
+}

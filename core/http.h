@@ -1,0 +1,40 @@
+/* The HTTP/1.1 server (internal to the runtime). */
+#ifndef FH_HTTP_H
+#define FH_HTTP_H
+#include "fh.h"
+
+typedef struct fh_conn fh_conn;
+
+typedef struct {
+  size_t max_header;      /* request line + headers, bytes (431 past it) */
+  size_t max_body;        /* body bytes (413 past it) */
+  uint64_t read_timeout;  /* ms from a request's first byte to its end (408) */
+  uint64_t idle_timeout;  /* ms a keep-alive connection may sit idle */
+} fh_http_limits;
+
+/* Reads HTTP_MAX_HEADER, HTTP_MAX_BODY, HTTP_READ_TIMEOUT_MS, HTTP_IDLE_TIMEOUT_MS. */
+void fh_http_init(void);
+const fh_http_limits *fh_http_limits_get(void);
+
+/* Opens a SO_REUSEPORT listener (every worker binds the same port and the
+ * kernel spreads connections).  `kind` names the route table ("public",
+ * "admin").  Returns 0 or a negative libuv error. */
+int fh_http_listen(const char *host, int port, const char *kind);
+
+/* Stops accepting, closes idle connections and lets busy ones finish their
+ * current request with Connection: close.  `on_done` runs once no
+ * connection is left. */
+void fh_http_drain(void (*on_done)(void));
+int fh_http_conn_count(void);
+
+/* Called by the Lua responder (core/http_lua.c).  Takes ownership of `buf`
+ * (malloc'd), writes it, then goes on with the next pipelined request. */
+void fh_conn_respond(fh_conn *c, char *buf, size_t len);
+/* The responder is gone without answering: drop the connection. */
+void fh_conn_release(fh_conn *c);
+/* Whether the response should carry Connection: close. */
+int fh_conn_closing_after(fh_conn *c);
+/* Pushes a userdata answering the request of c (core/http_lua.c). */
+void fh_http_push_responder(lua_State *L, fh_conn *c);
+
+#endif

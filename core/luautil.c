@@ -1,0 +1,31 @@
+/* Helpers shared by the Lua bindings. */
+#include "fh.h"
+#include <stdarg.h>
+#include <stdio.h>
+
+int fh_push_error(lua_State *L, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  lua_pushnil(L);
+  lua_pushstring(L, buf);
+  return 2;
+}
+
+void fh_new_class(lua_State *L, const char *name, const luaL_Reg *methods) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    /* __gc and __tostring live in the methods list too; copy them up. */
+    for (const luaL_Reg *m = methods; m->name; m++) {
+      if (m->name[0] == '_' && m->name[1] == '_') {
+        lua_pushcfunction(L, m->func);
+        lua_setfield(L, -2, m->name);
+      }
+    }
+  }
+  lua_pop(L, 1);
+}

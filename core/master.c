@@ -1,0 +1,138 @@
+/*
+ * The master process: starts N workers (each a fresh exec of this binary, so
+ * no libuv or Lua state crosses a fork), restarts a worker that crashed,
+ * forwards SIGHUP (reload) and SIGTERM/SIGINT (drain), and exits when every
+ * worker has exited.  A worker whose app failed to boot is not restarted.
+ */
+#include "worker.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+#include <errno.h>
+#include <sys/wait.h>
+
+#define FH_MAX_WORKERS 64
+
+typedef struct {
+  pid_t pid;
+  uint64_t started;  /* ms, monotonic */
+  int crashes;       /* quick crashes in a row, for backoff */
+  uv_timer_t restart;
+} fh__child;
+
+static struct {
+  uv_loop_t *loop;
+  const char *self, *app;
+  int n, stopping, alive, boot_failures;
+  fh__child kids[FH_MAX_WORKERS];
+  uv_signal_t sig_chld, sig_hup, sig_term, sig_int;
+} M;
+
+static void fh__spawn(int i) {
+  char idbuf[16];
+  snprintf(idbuf, sizeof idbuf, "%d", i);
+  pid_t pid = fork();
+  if (pid < 0) { fh_log(FH_LOG_ERROR, "fork: %s", strerror(errno)); return; }
+  if (pid == 0) {
+    /* Default dispositions and an empty mask: the exec'd worker installs its own. */
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    execl(M.self, M.self, "--worker-id", idbuf, M.app, (char *)NULL);
+    fprintf(stderr, "exec %s: %s\n", M.self, strerror(errno));
+    _exit(127);
+  }
+  M.kids[i].pid = pid;
+  M.kids[i].started = uv_now(M.loop);
+  M.alive++;
+  fh_log(FH_LOG_INFO, "worker %d started (pid %d)", i, (int)pid);
+}
+
+static void fh__on_restart(uv_timer_t *t) {
+  int i = (int)(intptr_t)t->data;
+  if (!M.stopping) fh__spawn(i);
+}
+
+static void fh__reap(void) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    int i;
+    for (i = 0; i < M.n && M.kids[i].pid != pid; i++) {}
+    if (i == M.n) continue;
+    fh__child *k = &M.kids[i];
+    k->pid = 0;
+    M.alive--;
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    if (M.stopping) {
+      fh_log(FH_LOG_INFO, "worker %d exited (%d)", i, code);
+    } else if (code == FH_EXIT_BOOT_FAILED) {
+      fh_log(FH_LOG_ERROR, "worker %d could not start its app; not restarting it", i);
+      M.boot_failures++;
+    } else {
+      /* Back off when a worker dies right after starting, so a crash loop
+       * does not eat the machine; a worker that ran a while restarts at once. */
+      uint64_t lived = uv_now(M.loop) - k->started;
+      k->crashes = lived < 1000 ? k->crashes + 1 : 0;
+      uint64_t delay = k->crashes ? (100u << (k->crashes > 8 ? 8 : k->crashes)) : 0;
+      if (delay > 30000) delay = 30000;
+      fh_log(FH_LOG_WARN, "worker %d (pid %d) died (%s %d); restarting in %llu ms", i, (int)pid,
+             WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : code,
+             (unsigned long long)delay);
+      uv_timer_start(&k->restart, fh__on_restart, delay, 0);
+    }
+  }
+  if (M.alive == 0 && (M.stopping || M.boot_failures == M.n)) uv_stop(M.loop);
+}
+
+static void fh__signal_all(int sig) {
+  for (int i = 0; i < M.n; i++) if (M.kids[i].pid > 0) kill(M.kids[i].pid, sig);
+}
+
+static void fh__on_signal(uv_signal_t *s, int signum) {
+  switch (signum) {
+    case SIGCHLD: fh__reap(); break;
+    case SIGHUP: fh_log(FH_LOG_INFO, "reload requested"); fh__signal_all(SIGHUP); break;
+    default:
+      if (M.stopping) { fh__signal_all(SIGKILL); break; } /* second request: no more waiting */
+      M.stopping = 1;
+      for (int i = 0; i < M.n; i++) uv_timer_stop(&M.kids[i].restart);
+      fh_log(FH_LOG_INFO, "stopping %d workers", M.alive);
+      fh__signal_all(SIGTERM);
+      if (M.alive == 0) uv_stop(M.loop);
+  }
+}
+
+static void fh__on_watch(void) {
+  fh_log(FH_LOG_INFO, "app files changed; reloading");
+  fh__signal_all(SIGHUP);
+}
+
+int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
+  M.loop = uv_default_loop();
+  M.self = self;
+  M.app = app;
+  M.n = nworkers > FH_MAX_WORKERS ? FH_MAX_WORKERS : nworkers;
+  uv_signal_init(M.loop, &M.sig_chld);
+  uv_signal_init(M.loop, &M.sig_hup);
+  uv_signal_init(M.loop, &M.sig_term);
+  uv_signal_init(M.loop, &M.sig_int);
+  uv_signal_start(&M.sig_chld, fh__on_signal, SIGCHLD);
+  uv_signal_start(&M.sig_hup, fh__on_signal, SIGHUP);
+  uv_signal_start(&M.sig_term, fh__on_signal, SIGTERM);
+  uv_signal_start(&M.sig_int, fh__on_signal, SIGINT);
+  for (int i = 0; i < M.n; i++) {
+    uv_timer_init(M.loop, &M.kids[i].restart);
+    M.kids[i].restart.data = (void *)(intptr_t)i;
+  }
+  if (watch && fh_watch_start(M.loop, app, fh__on_watch) != 0)
+    fh_log(FH_LOG_WARN, "cannot watch the app folder; reload with SIGHUP");
+  fh_log(FH_LOG_INFO, "master %d starting %d workers for %s", (int)getpid(), M.n, app);
+  for (int i = 0; i < M.n; i++) fh__spawn(i);
+  uv_run(M.loop, UV_RUN_DEFAULT);
+  int failed = M.boot_failures > 0;
+  fh_log(FH_LOG_INFO, "master exits");
+  return failed ? 1 : 0;
+}

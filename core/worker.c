@@ -1,0 +1,187 @@
+/*
+ * A worker process: one loop, the current generation, the listeners.
+ *
+ * SIGHUP builds a new generation and switches to it only when it booted;
+ * SIGTERM/SIGINT stop accepting, finish the requests in flight, run the app's
+ * stop hook and exit — or give up after FH_DRAIN_TIMEOUT_MS.
+ */
+#include "worker.h"
+#include "gen.h"
+#include "http.h"
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+
+static struct {
+  uv_loop_t loop;
+  const char *app;
+  int id, node;
+  int exit_code;
+  int stopping;
+  fh_gen *booting;          /* a reload in progress */
+  uv_signal_t sig_hup, sig_term, sig_int;
+  uv_timer_t deadline;
+} W = {.id = -1};
+
+uv_loop_t *fh_loop(void) { return &W.loop; }
+int fh_worker_id(void) { return W.id; }
+int fh_node_id(void) { return W.node; }
+
+static int fh__env_int(const char *name, int dflt) {
+  const char *v = getenv(name);
+  return v && *v ? atoi(v) : dflt;
+}
+
+static void fh__close_walk(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void fh__finish(void) {
+  /* Whatever handles the bindings still hold were closed by lua_close's
+   * finalizers; close our own and let the loop run out. */
+  fh_sched_close();
+  uv_walk(&W.loop, fh__close_walk, NULL);
+}
+
+static void fh__gen_drained_free(fh_gen *g) {
+  fh_log(FH_LOG_DEBUG, "generation %d drained", fh_gen_id(g));
+  fh_gen_free(g);
+}
+
+static void fh__last_gen_drained(fh_gen *g) {
+  fh_gen_free(g);
+  if (W.booting) return; /* its own drain finishes the shutdown */
+  fh__finish();
+}
+
+static void fh__http_drained(void) {
+  fh_gen *g = fh_gen_current();
+  if (W.booting) fh_gen_stop(W.booting, fh__last_gen_drained);
+  if (g) fh_gen_stop(g, fh__last_gen_drained);
+  else if (!W.booting) fh__finish();
+}
+
+static void fh__on_deadline(uv_timer_t *t) {
+  fh_log(FH_LOG_WARN, "drain took longer than allowed; exiting with work in flight");
+  exit(W.exit_code ? W.exit_code : 1);
+}
+
+static void fh__shutdown(int code) {
+  if (W.stopping) return;
+  W.stopping = 1;
+  W.exit_code = code;
+  uv_signal_stop(&W.sig_hup);
+  uv_timer_start(&W.deadline, fh__on_deadline, (uint64_t)fh__env_int("FH_DRAIN_TIMEOUT_MS", 10000), 0);
+  uv_unref((uv_handle_t *)&W.deadline);
+  fh_http_drain(fh__http_drained);
+}
+
+static void fh__on_reload_boot(fh_gen *g, int ok, const char *err) {
+  W.booting = NULL;
+  if (!ok) {
+    fh_log(FH_LOG_ERROR, "reload refused, the running code keeps serving: %s", err ? err : "?");
+    fh_gen_stop(g, W.stopping ? fh__last_gen_drained : fh__gen_drained_free);
+    return;
+  }
+  if (W.stopping) { fh_gen_stop(g, fh__last_gen_drained); return; }
+  fh_gen *old = fh_gen_current();
+  fh_gen_set_current(g);
+  fh_log(FH_LOG_INFO, "reloaded: generation %d serves, generation %d drains (%d in flight)",
+         fh_gen_id(g), old ? fh_gen_id(old) : 0, old ? fh_gen_inflight(old) : 0);
+  if (old) fh_gen_stop(old, fh__gen_drained_free);
+}
+
+static void fh__reload(void) {
+  if (W.stopping) return;
+  if (W.booting) { fh_log(FH_LOG_WARN, "reload already in progress; ignored"); return; }
+  fh_log(FH_LOG_INFO, "reloading %s", W.app);
+  fh_gen *g = fh_gen_new(W.app, fh__on_reload_boot);
+  if (!g) fh_log(FH_LOG_ERROR, "reload refused: cannot build a Lua state");
+  else if (fh_gen_booting(g)) W.booting = g; /* the start hook is waiting on I/O */
+}
+
+static void fh__on_signal(uv_signal_t *s, int signum) {
+  if (signum == SIGHUP) fh__reload();
+  else fh__shutdown(0);
+}
+
+static int fh__listen_all(void) {
+  const char *host = getenv("HOST") ? getenv("HOST") : "0.0.0.0";
+  const char *admin_host = getenv("ADMIN_HOST") ? getenv("ADMIN_HOST") : "127.0.0.1";
+  int port = fh__env_int("PORT", 3000), admin = fh__env_int("ADMIN_PORT", 9145);
+  int rc = fh_http_listen(host, port, "public");
+  if (rc) { fh_log(FH_LOG_ERROR, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc)); return rc; }
+  if (admin > 0 && (rc = fh_http_listen(admin_host, admin, "admin")) != 0) {
+    fh_log(FH_LOG_ERROR, "cannot listen on %s:%d: %s", admin_host, admin, uv_strerror(rc));
+    return rc;
+  }
+  fh_log(FH_LOG_INFO, "serving %s on %s:%d (admin %s:%d)", W.app, host, port, admin_host, admin);
+  return 0;
+}
+
+static void fh__on_first_boot(fh_gen *g, int ok, const char *err) {
+  W.booting = NULL;
+  if (!ok) {
+    fh_log(FH_LOG_ERROR, "app failed to start: %s", err ? err : "?");
+    W.exit_code = FH_EXIT_BOOT_FAILED;
+    W.stopping = 1;
+    fh_gen_stop(g, fh__last_gen_drained);
+    return;
+  }
+  fh_gen_set_current(g);
+  if (fh__listen_all() != 0) {
+    W.exit_code = FH_EXIT_BOOT_FAILED;
+    fh__shutdown(FH_EXIT_BOOT_FAILED);
+  }
+}
+
+int fh_worker_run(const char *app, int id) {
+  W.app = app;
+  W.id = id;
+  W.node = fh__env_int("NODE_ID", 0) & 0x1f;
+  signal(SIGPIPE, SIG_IGN);
+  uv_loop_init(&W.loop);
+  fh_sched_init(&W.loop);
+  fh_http_init();
+  uv_timer_init(&W.loop, &W.deadline);
+  uv_signal_init(&W.loop, &W.sig_hup);
+  uv_signal_init(&W.loop, &W.sig_term);
+  uv_signal_init(&W.loop, &W.sig_int);
+  uv_signal_start(&W.sig_hup, fh__on_signal, SIGHUP);
+  uv_signal_start(&W.sig_term, fh__on_signal, SIGTERM);
+  uv_signal_start(&W.sig_int, fh__on_signal, SIGINT);
+
+  fh_gen *g = fh_gen_new(app, fh__on_first_boot);
+  if (!g) return FH_EXIT_BOOT_FAILED;
+  if (fh_gen_booting(g)) W.booting = g;
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_run(&W.loop, UV_RUN_DEFAULT); /* close callbacks queued by the last pass */
+  if (uv_loop_close(&W.loop) != 0) fh_log(FH_LOG_DEBUG, "loop closed with handles still open");
+  fh_log(FH_LOG_INFO, "worker exits (%d)", W.exit_code);
+  return W.exit_code;
+}
+
+void fh_worker_reload(void) { fh__reload(); }
+
+/* --check: boot the app in check mode (load and validate, start nothing). */
+static int fh__check_result = FH_EXIT_BOOT_FAILED;
+static void fh__check_drained(fh_gen *g) { fh_gen_free(g); fh__finish(); }
+static void fh__on_check_boot(fh_gen *g, int ok, const char *err) {
+  if (ok) { fh__check_result = 0; fprintf(stdout, "%s: ok\n", W.app); }
+  else fprintf(stderr, "%s: %s\n", W.app, err ? err : "failed");
+  fh_gen_stop(g, fh__check_drained);
+}
+
+int fh_worker_check(const char *app) {
+  W.app = app;
+  setenv("FH_MODE", "check", 1);
+  uv_loop_init(&W.loop);
+  fh_sched_init(&W.loop);
+  fh_http_init();
+  fh_gen *g = fh_gen_new(app, fh__on_check_boot);
+  if (!g) return FH_EXIT_BOOT_FAILED;
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&W.loop);
+  return fh__check_result;
+}

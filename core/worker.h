@@ -1,0 +1,19 @@
+/* Worker and master processes (internal to the runtime). */
+#ifndef FH_WORKER_H
+#define FH_WORKER_H
+#include "fh.h"
+
+/* A worker exits with this code when its app cannot start: the master does
+ * not restart it (it would fail again), unlike a crash. */
+#define FH_EXIT_BOOT_FAILED 2
+
+int fh_worker_run(const char *app, int id);
+int fh_worker_check(const char *app);
+void fh_worker_reload(void);
+int fh_master_run(const char *self, const char *app, int nworkers, int watch);
+
+/* core/watch.c: calls `on_change` (debounced) when a .lua file under the
+ * app's folder, its subfolders or `extra_dir` changes. */
+int fh_watch_start(uv_loop_t *loop, const char *app, void (*on_change)(void));
+
+#endif
