@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <inttypes.h>
+#include <string.h>
+#include "worker.h"
 
 static int l_now(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_now_ms()); return 1; }
 static int l_mono(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_mono_ns() / 1e6); return 1; }
@@ -48,6 +50,16 @@ static int l_boot_done(lua_State *L) {
   return 0;
 }
 
+/* run_done(code, err): the end of `flashhost --run SCRIPT`. */
+static int l_run_done(lua_State *L) {
+  int code = (int)luaL_checkinteger(L, 1);
+  const char *err = luaL_optstring(L, 2, NULL);
+  if (code != 0 && err && strncmp(err, "exit ", 5) != 0) fprintf(stderr, "%s\n", err);
+  fh_worker_set_exit(code);
+  fh_gen_booted(fh_gen_of(L), code == 0, err);
+  return 0;
+}
+
 static int l_info(lua_State *L) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, fh_worker_id()); lua_setfield(L, -2, "worker_id");
@@ -63,7 +75,7 @@ int luaopen_flashhost_core(lua_State *L) {
     {"now", l_now}, {"mono", l_mono}, {"id", l_id},
     {"log_enabled", l_log_enabled}, {"log_write", l_log_write},
     {"spawn", l_spawn}, {"stopping", l_stopping},
-    {"boot_done", l_boot_done}, {"info", l_info}, {NULL, NULL}};
+    {"boot_done", l_boot_done}, {"run_done", l_run_done}, {"info", l_info}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

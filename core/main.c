@@ -9,7 +9,8 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: flashhost [--workers N] [--watch] APP.lua\n"
-          "       flashhost --check APP.lua\n\n"
+          "       flashhost --check APP.lua\n"
+          "       flashhost --run SCRIPT.lua [ARGS...]   run a script as one task (tools, tests)\n\n"
           "  --workers N  worker processes sharing the port (default: WORKERS or the number of cores;\n"
           "               0 runs the app in this process, without a master)\n"
           "  --watch      reload when a .lua file of the app changes (SIGHUP always reloads)\n"
@@ -27,6 +28,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--worker-id") && i + 1 < argc) worker_id = atoi(argv[++i]);
     else if (!strcmp(a, "--watch")) watch = 1;
     else if (!strcmp(a, "--check")) check = 1;
+    else if (!strcmp(a, "--run") && i + 1 < argc) {
+      fh_log_init();
+      return fh_worker_script(argv[i + 1], argc - i - 2, argv + i + 2);
+    }
     else if (!strcmp(a, "--version")) { printf("flashhost %s\n", FH_VERSION); return 0; }
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
     else if (a[0] == '-' || app) { usage(stderr); return 64; }

@@ -185,3 +185,37 @@ int fh_worker_check(const char *app) {
   uv_loop_close(&W.loop);
   return fh__check_result;
 }
+
+void fh_worker_set_exit(int code) { W.exit_code = code; }
+
+static void fh__on_script_end(fh_gen *g, int ok, const char *err) {
+  fh_gen_stop(g, fh__check_drained);
+}
+
+int fh_worker_script(const char *script, int argc, char **argv) {
+  /* Arguments travel through the environment, separated by \x1f, so the
+   * Lua side can build `arg` without a C-to-Lua handshake. */
+  size_t cap = 1;
+  for (int i = 0; i < argc; i++) cap += strlen(argv[i]) + 1;
+  char *joined = calloc(1, cap);
+  for (int i = 0; i < argc; i++) {
+    if (i) strcat(joined, "\x1f");
+    strcat(joined, argv[i]);
+  }
+  setenv("FH_RUN_ARGS", joined, 1);
+  free(joined);
+  setenv("FH_MODE", "run", 1);
+  W.app = script;
+  W.id = 0;
+  W.node = fh__env_int("NODE_ID", 0) & 0x1f;
+  signal(SIGPIPE, SIG_IGN);
+  uv_loop_init(&W.loop);
+  fh_sched_init(&W.loop);
+  fh_http_init();
+  fh_gen *g = fh_gen_new(script, fh__on_script_end);
+  if (!g) return 1;
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_loop_close(&W.loop);
+  return W.exit_code;
+}

@@ -14,8 +14,38 @@ local function traceback(err)
   return debug.traceback(tostring(err), 2)
 end
 
+-- `flashhost --run SCRIPT [ARGS]`: a plain script run as one task, with every
+-- binding usable; os.exit(code) ends the script with that exit code.
+local function run_script(path)
+  local args = {}
+  for a in (os.getenv("FH_RUN_ARGS") or ""):gmatch("[^\31]+") do args[#args + 1] = a end
+  args[0] = path
+  _G.arg = args
+  local exit_code
+  os.exit = function(code)
+    if code == true or code == nil then code = 0 elseif code == false then code = 1 end
+    error({ fh_exit = tonumber(code) or 1 }, 0)
+  end
+  local chunk, err = loadfile(path)
+  if not chunk then return false, err end
+  local ok, res = xpcall(chunk, function(e)
+    if type(e) == "table" and e.fh_exit then exit_code = e.fh_exit return e end
+    -- busted (and other 5.1 tools) raise a nil error to mean "exit 1"
+    if e == nil then exit_code = 1 return e end
+    return debug.traceback(tostring(e), 2)
+  end, unpack(args))
+  if exit_code then return exit_code == 0, "exit " .. exit_code, exit_code end
+  return ok, not ok and tostring(res) or nil, ok and 0 or 1
+end
+
 function M.boot(app_path, gen)
-  local check_only = os.getenv("FH_MODE") == "check"
+  local mode = os.getenv("FH_MODE")
+  if mode == "run" then
+    local ok, err, code = run_script(app_path)
+    core.run_done(code or (ok and 0 or 1), err)
+    return
+  end
+  local check_only = mode == "check"
   local ok, err = xpcall(function()
     local chunk, lerr = loadfile(app_path)
     if not chunk then error(lerr, 0) end
