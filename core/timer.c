@@ -65,6 +65,8 @@ static int l_sleep(lua_State *L) {
   s->next = fh__sleepers;
   if (fh__sleepers) fh__sleepers->prev = s;
   fh__sleepers = s;
+  /* the loop caches "now" per iteration; refresh it so a sleep is never short */
+  uv_update_time(fh_loop());
   uv_timer_start(&s->timer, fh__on_timer, (uint64_t)ms, 0);
   return lua_yield(L, 0);
 }
