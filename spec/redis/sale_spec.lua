@@ -1,0 +1,98 @@
+-- redis-lua/sale.lua against a real redis-server (database 9).
+local scripts = require 'spec.redis.scripts'
+
+describe('sale.lua', function()
+  local r, S, K
+
+  before_each(function()
+    r = scripts.setup()
+    S = '3'
+    K = scripts.keys(S)
+  end)
+
+  after_each(function() if r then r.client:quit() end r = nil end)
+
+  it('creates a sale: hash, stock = initial, zero counts; optional fields only when given', function()
+    local t0 = r.now()
+    local a = r.sale(S, { name = 'Spring gig', price = '19.90', initial = 100, startsAt = 1000, endsAt = 2000 })
+    assert.are.equal('OK', a.code)
+    assert.are.equal(0, a.canceled)
+    local sale = a.sale
+    assert.is_true(sale.createdAt >= t0 and sale.createdAt <= r.now())
+    assert.is_true(sale.gen >= sale.createdAt)
+    assert.are.same({ code = 'OK', canceled = 0, sale = { skuId = '3', name = 'Spring gig', price = 19.9, initial = 100,
+      startsAt = 1000, endsAt = 2000, createdAt = sale.createdAt, gen = sale.gen } }, a)
+    local h = r.client:hgetall(K.sale)
+    assert.are.same({ name = 'Spring gig', price = '19.9', initial = '100', startsAt = '1000', endsAt = '2000',
+      createdAt = tostring(sale.createdAt), gen = tostring(sale.gen) }, h)
+    assert.are.equal('100', r.client:get(K.stock))
+    assert.are.same({ reserved = '0', sold = '0', canceled = '0', expired = '0' }, r.client:hgetall(K.counts))
+    r.check(S)
+  end)
+
+  it('keeps perUserLimit, ttlSec, rlCapacity, rlRate when given', function()
+    local a = r.sale(S, { initial = 1, perUserLimit = 4, ttlSec = 90, rlCapacity = 3, rlRate = 0.5 })
+    assert.are.same({ 4, 90, 3, 0.5 }, { a.sale.perUserLimit, a.sale.ttlSec, a.sale.rlCapacity, a.sale.rlRate })
+    local h = r.client:hgetall(K.sale)
+    assert.are.same({ '4', '90', '3', '0.5' }, { h.perUserLimit, h.ttlSec, h.rlCapacity, h.rlRate })
+  end)
+
+  it('defaults startsAt and endsAt to 0 (open now, no end)', function()
+    local a = r.sale(S, { initial = 2 })
+    assert.are.same({ 0, 0 }, { a.sale.startsAt, a.sale.endsAt })
+    assert.are.equal('OK', r.purchase(S, 'u1').code)
+  end)
+
+  it('resets: fresh stock, counts, users and pending index; the outbox is kept', function()
+    r.sale(S, { initial = 5, perUserLimit = 0 })
+    local a = r.purchase(S, 'u1', { quantity = 2 })
+    r.confirm(S, a.reservationId)
+    local b = r.purchase(S, 'u2')
+    local c = r.purchase(S, 'u3')
+    r.release(S, c.reservationId, 'canceled')
+    local gen1 = tonumber(r.client:hget(K.sale, 'gen'))
+    local events = #r.events(S)
+
+    local reset = r.sale(S, { initial = 7, traceId = 'tr-reset' })
+    assert.are.equal('OK', reset.code)
+    assert.are.equal(1, reset.canceled)
+    assert.is_true(reset.sale.gen > gen1)
+    local s = r.check(S, { outbox = false })
+    assert.are.same({ initial = 7, stock = 7, reserved = 0, sold = 0, canceled = 0, expired = 0, users = {}, pending = {} }, s)
+    assert.is_nil(r.client:hget(K.sale, 'perUserLimit'))  -- a reset forgets the earlier sale's settings
+
+    -- the pending reservation was canceled, with one event, so the order store learns of it
+    assert.are.equal('CANCELED', r.res(S, b.reservationId).status)
+    local ev = r.events(S)
+    assert.are.equal(events + 1, #ev)
+    assert.are.same({ 'canceled', b.reservationId, 'CANCELED', 'tr-reset' },
+      { ev[#ev].type, ev[#ev].reservationId, ev[#ev].status, ev[#ev].traceId })
+    -- reservations of the earlier sale cannot move the new sale's counts
+    assert.are.equal('CANCELED', r.confirm(S, b.reservationId).code)
+    assert.are.equal('ALREADY_CONFIRMED', r.release(S, a.reservationId, 'canceled').code)
+    assert.are.equal(0, r.expire(S).expired)
+    r.check(S, { outbox = false })
+  end)
+
+  it('raises errors for non-numbers and negative numbers, writing nothing', function()
+    local bad = {
+      { price = 'free' }, { price = -1 }, { initial = 'many' }, { initial = 2.5 }, { initial = -1 },
+      { startsAt = 'now' }, { endsAt = 'later' }, { perUserLimit = 'one' }, { perUserLimit = 1.5 },
+      { ttlSec = 'long' }, { rlCapacity = 'big' }, { rlRate = 'fast' }, { rlRate = 0 }, { price = 'nan' },
+      { price = 'inf' },
+    }
+    for _, o in ipairs(bad) do
+      local field = next(o)
+      local ok, err = pcall(r.sale, S, o)
+      assert.is_false(ok, field)
+      assert.matches(field, err)
+    end
+    assert.are.same({}, r.client:keys('*'))
+    local ok, err = pcall(r.eval, 'sale', { K.sale, K.stock, K.counts, K.users, K.outbox, K.pending }, { 'n', 1, 1 })
+    assert.is_false(ok)
+    assert.matches('KEYS%[5%]', err)
+    ok, err = pcall(r.eval, 'sale', { 'sku:3:sale' }, { 'n', 1, 1 })
+    assert.is_false(ok)
+    assert.matches('KEYS%[1%]', err)
+  end)
+end)
