@@ -38,6 +38,7 @@
 uv_loop_t *fh_loop(void);
 int fh_worker_id(void);   /* 0..N-1 in a worker, -1 in the master */
 int fh_node_id(void);     /* NODE_ID, 0..31 */
+int fh_master_pid(void);  /* the supervising master, or this process when there is none */
 
 /* ---- logging (core/log.c) --------------------------------------------- */
 
@@ -104,7 +105,7 @@ int luaopen_flashhost_redis_driver(lua_State *L);  /* core/redis.c */
 int luaopen_flashhost_kafka_driver(lua_State *L);  /* core/kafka.c */
 int luaopen_flashhost_mysql_driver(lua_State *L);  /* core/mysql.c */
 int luaopen_flashhost_jwt(lua_State *L);      /* core/jwt.c */
-int luaopen_flashhost_shm(lua_State *L);      /* core/shm.c */
+int luaopen_flashhost_metrics_store(lua_State *L); /* core/metrics.c */
 
 /* Embedded Lua sources (generated from core/lua/ at build time). */
 typedef struct { const char *name; const char *chunkname; const char *src; size_t len; } fh_embedded_t;

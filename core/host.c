@@ -6,6 +6,8 @@
 #include <unistd.h>
 #include <inttypes.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include "worker.h"
 
 static int l_now(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_now_ms()); return 1; }
@@ -60,11 +62,19 @@ static int l_run_done(lua_State *L) {
   return 0;
 }
 
+static int l_mkdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (mkdir(path, 0700) != 0 && errno != EEXIST) return fh_push_error(L, "mkdir %s: %s", path, strerror(errno));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_info(lua_State *L) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, fh_worker_id()); lua_setfield(L, -2, "worker_id");
   lua_pushinteger(L, fh_node_id()); lua_setfield(L, -2, "node_id");
   lua_pushinteger(L, getpid()); lua_setfield(L, -2, "pid");
+  lua_pushinteger(L, fh_master_pid()); lua_setfield(L, -2, "master_pid");
   lua_pushinteger(L, fh_gen_id(fh_gen_of(L))); lua_setfield(L, -2, "generation");
   lua_pushstring(L, FH_VERSION); lua_setfield(L, -2, "version");
   return 1;
@@ -75,7 +85,7 @@ int luaopen_flashhost_core(lua_State *L) {
     {"now", l_now}, {"mono", l_mono}, {"id", l_id},
     {"log_enabled", l_log_enabled}, {"log_write", l_log_write},
     {"spawn", l_spawn}, {"stopping", l_stopping},
-    {"boot_done", l_boot_done}, {"run_done", l_run_done}, {"info", l_info}, {NULL, NULL}};
+    {"boot_done", l_boot_done}, {"mkdir", l_mkdir}, {"run_done", l_run_done}, {"info", l_info}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

@@ -41,9 +41,9 @@ int main(int argc, char **argv) {
   if (access(app, R_OK) != 0) { fprintf(stderr, "flashhost: cannot read %s\n", app); return 66; }
   fh_log_init();
   if (check) return fh_worker_check(app);
-  if (worker_id >= 0) return fh_worker_run(app, worker_id);
+  if (worker_id >= 0) return fh_worker_run(app, worker_id, 1);
   if (workers < 0) workers = getenv("WORKERS") ? atoi(getenv("WORKERS")) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (workers == 0) return fh_worker_run(app, 0);
+  if (workers == 0) return fh_worker_run(app, 0, 0);
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) { perror("readlink /proc/self/exe"); return 71; }

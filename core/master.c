@@ -12,6 +12,8 @@
 #include <unistd.h>
 #include <errno.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
+#include <dirent.h>
 
 #define FH_MAX_WORKERS 64
 
@@ -30,6 +32,8 @@ static struct {
   uv_signal_t sig_chld, sig_hup, sig_term, sig_int;
 } M;
 
+static void fh__write_master_metrics(void);
+
 static void fh__spawn(int i) {
   char idbuf[16];
   snprintf(idbuf, sizeof idbuf, "%d", i);
@@ -47,7 +51,43 @@ static void fh__spawn(int i) {
   M.kids[i].pid = pid;
   M.kids[i].started = uv_now(M.loop);
   M.alive++;
+  fh__write_master_metrics();
   fh_log(FH_LOG_INFO, "worker %d started (pid %d)", i, (int)pid);
+}
+
+/* The master's own samples, merged into /metrics by the workers
+ * (core/lua/flashhost/metrics.lua reads <dir>/master.prom). */
+static char fh__metrics_dir[256];
+static unsigned long fh__restarts;
+
+static void fh__write_master_metrics(void) {
+  char path[300], tmp[310];
+  snprintf(path, sizeof path, "%s/master.prom", fh__metrics_dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return;
+  fprintf(f, "# HELP flashhost_worker_restarts_total Workers restarted after they died.\n"
+             "# TYPE flashhost_worker_restarts_total counter\n"
+             "flashhost_worker_restarts_total %lu\n"
+             "# HELP flashhost_workers Worker processes alive.\n"
+             "# TYPE flashhost_workers gauge\n"
+             "flashhost_workers %d\n", fh__restarts, M.alive);
+  fclose(f);
+  rename(tmp, path);
+}
+
+static void fh__remove_metrics_dir(void) {
+  DIR *d = opendir(fh__metrics_dir);
+  if (!d) return;
+  struct dirent *e;
+  char path[600];
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "%s/%s", fh__metrics_dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
+  rmdir(fh__metrics_dir);
 }
 
 static void fh__on_restart(uv_timer_t *t) {
@@ -81,6 +121,7 @@ static void fh__reap(void) {
       fh_log(FH_LOG_WARN, "worker %d (pid %d) died (%s %d); restarting in %llu ms", i, (int)pid,
              WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : code,
              (unsigned long long)delay);
+      fh__restarts++;
       uv_timer_start(&k->restart, fh__on_restart, delay, 0);
     }
   }
@@ -115,6 +156,10 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   M.self = self;
   M.app = app;
   M.n = nworkers > FH_MAX_WORKERS ? FH_MAX_WORKERS : nworkers;
+  const char *md = getenv("FH_METRICS_DIR");
+  if (md && *md) snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "%s", md);
+  else snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "/dev/shm/flashhost-%d", (int)getpid());
+  mkdir(fh__metrics_dir, 0700);
   uv_signal_init(M.loop, &M.sig_chld);
   uv_signal_init(M.loop, &M.sig_hup);
   uv_signal_init(M.loop, &M.sig_term);
@@ -133,6 +178,7 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   for (int i = 0; i < M.n; i++) fh__spawn(i);
   uv_run(M.loop, UV_RUN_DEFAULT);
   int failed = M.boot_failures > 0;
+  if (!md || !*md) fh__remove_metrics_dir();
   fh_log(FH_LOG_INFO, "master exits");
   return failed ? 1 : 0;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <unistd.h>
 
 static struct {
   uv_loop_t loop;
@@ -21,11 +22,13 @@ static struct {
   fh_gen *booting;          /* a reload in progress */
   uv_signal_t sig_hup, sig_term, sig_int;
   uv_timer_t deadline;
+  int master_pid;           /* 0 when running without a master */
 } W = {.id = -1};
 
 uv_loop_t *fh_loop(void) { return &W.loop; }
 int fh_worker_id(void) { return W.id; }
 int fh_node_id(void) { return W.node; }
+int fh_master_pid(void) { return W.master_pid ? W.master_pid : (int)getpid(); }
 
 static int fh__env_int(const char *name, int dflt) {
   const char *v = getenv(name);
@@ -135,7 +138,8 @@ static void fh__on_first_boot(fh_gen *g, int ok, const char *err) {
   }
 }
 
-int fh_worker_run(const char *app, int id) {
+int fh_worker_run(const char *app, int id, int has_master) {
+  W.master_pid = has_master ? (int)getppid() : 0;
   W.app = app;
   W.id = id;
   W.node = fh__env_int("NODE_ID", 0) & 0x1f;

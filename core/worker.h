@@ -7,7 +7,7 @@
  * not restart it (it would fail again), unlike a crash. */
 #define FH_EXIT_BOOT_FAILED 2
 
-int fh_worker_run(const char *app, int id);
+int fh_worker_run(const char *app, int id, int has_master);
 int fh_worker_check(const char *app);
 /* --run SCRIPT: one task, no listeners; returns the script's exit code. */
 int fh_worker_script(const char *script, int argc, char **argv);

@@ -218,7 +218,7 @@ int main(void) {
   /* SIGTERM must reach the loop's signal handler, not kill the client thread */
   pthread_t t;
   pthread_create(&t, NULL, client, NULL);
-  int rc = fh_worker_run(app, 0);
+  int rc = fh_worker_run(app, 0, 0);
   pthread_join(t, NULL);
   unlink(app);
   CHECK(rc == 0, "worker exit code %d", rc);

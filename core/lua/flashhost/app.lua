@@ -60,9 +60,9 @@ function App:route(method, path, fn, listener)
   listener = listener or "public"
   assert(self.routes[listener], "unknown listener " .. tostring(listener))
   if not path:find(":", 1, true) then
-    self.exact[listener][method .. " " .. path] = fn
+    self.exact[listener][method .. " " .. path] = { fn = fn, path = path }
   end
-  table.insert(self.routes[listener], { method = method, segs = split_path(path), fn = fn })
+  table.insert(self.routes[listener], { method = method, path = path, segs = split_path(path), fn = fn })
   return self
 end
 
@@ -117,9 +117,11 @@ function App:stop(ctx)
   end
 end
 
+-- Returns the route ({ fn, path }) and its params, or nil and whether the
+-- path exists for another method (405 rather than 404).
 function App:match(listener, method, path)
-  local fn = self.exact[listener][method .. " " .. path]
-  if fn then return fn, {} end
+  local exact = self.exact[listener][method .. " " .. path]
+  if exact then return exact, {} end
   local segs = split_path(path)
   local path_known = false
   for _, r in ipairs(self.routes[listener]) do
@@ -134,7 +136,7 @@ function App:match(listener, method, path)
         end
       end
       if ok then
-        if r.method == method then return r.fn, params end
+        if r.method == method then return r, params end
         path_known = true
       end
     end
@@ -149,19 +151,21 @@ local function valid_request_id(id)
 end
 
 local function run_handler(self, req, ctx)
-  local fn, params = self:match(req.listener, req.method, req.path)
-  if not fn then
+  local route, params = self:match(req.listener, req.method, req.path)
+  if not route then
+    req.route = "unmatched"
     if params then return 405, { error = "METHOD_NOT_ALLOWED", message = req.method .. " is not allowed here" } end
     return 404, { error = "NOT_FOUND", message = "no route for " .. req.path }
   end
   req.params = params
+  req.route = route.path
   if req.listener == "public" then
     for _, f in ipairs(self.filters) do
       local s, b, h = f(req, ctx)
       if s then return s, b, h end
     end
   end
-  return fn(req, ctx)
+  return route.fn(req, ctx)
 end
 
 function App:handle(req, res, ctx)

@@ -61,6 +61,15 @@ function M.boot(app_path, gen)
       started = true
     end
   end, traceback)
+  if not check_only and gen > 1 then
+    -- counted in the process-wide store, which outlives this generation
+    local metrics = require "flashhost.metrics"
+    if ok then
+      metrics.counter("flashhost_reloads_total", "Hot reloads that switched to new code."):inc()
+    else
+      metrics.counter("flashhost_reload_failures_total", "Hot reloads refused (the old code kept serving)."):inc()
+    end
+  end
   if ok and not check_only then
     log.info("app started", { app = app.name, generation = gen })
   end

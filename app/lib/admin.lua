@@ -1,0 +1,112 @@
+-- Admin routes (ADMIN_PORT, 127.0.0.1 only): create or reset a sale,
+-- reconcile a SKU, and the views they share with the public API.
+local core = require "flashhost.core"
+local validate = require "lib.validate"
+local stock = require "lib.stock"
+local answers = require "lib.answers"
+
+local M = {}
+
+-- The public view of a SKU from status.lua's answer.
+function M.sku_view(sku, st, now)
+  local s, c = st.sale, st.counts
+  local startsAt, endsAt = tonumber(s.startsAt) or 0, tonumber(s.endsAt) or 0
+  local status = "ACTIVE"
+  if now < startsAt then status = "NOT_STARTED"
+  elseif endsAt > 0 and now >= endsAt then status = "ENDED"
+  elseif st.stock <= 0 then status = "SOLD_OUT" end
+  return {
+    skuId = sku, name = s.name, price = tonumber(s.price), initial = tonumber(s.initial),
+    stock = st.stock, available = st.stock, reserved = c.reserved or 0, sold = c.sold or 0,
+    canceled = c.canceled or 0, expired = c.expired or 0,
+    startsAt = startsAt, endsAt = endsAt, status = status,
+    perUserLimit = tonumber(s.perUserLimit), reservationTtlSec = tonumber(s.ttlSec),
+  }
+end
+
+-- Redis-side invariants of one SKU; `extra` adds the MySQL side when there is one.
+function M.reconcile_redis(sku, st)
+  local c = st.counts
+  local initial = tonumber(st.sale.initial) or 0
+  local diffs = {}
+  local accounted = st.stock + (c.reserved or 0) + (c.sold or 0)
+  if accounted ~= initial then
+    diffs[#diffs + 1] = ("initial %d ~= available %d + reserved %d + sold %d"):format(
+      initial, st.stock, c.reserved or 0, c.sold or 0)
+  end
+  if st.pendingQuantity ~= (c.reserved or 0) then
+    diffs[#diffs + 1] = ("pending reservations hold %d tickets, counts say %d reserved"):format(
+      st.pendingQuantity, c.reserved or 0)
+  end
+  if st.stock < 0 then diffs[#diffs + 1] = "negative stock " .. st.stock end
+  return {
+    skuId = sku, initial = initial, available = st.stock, reserved = c.reserved or 0,
+    sold = c.sold or 0, canceled = c.canceled or 0, expired = c.expired or 0,
+    pending = st.pending, outboxLength = st.outbox, differences = diffs,
+  }
+end
+
+function M.routes(app, deps)
+  local rules = deps.rules
+
+  app:admin("POST", "/admin/v1/sales", function(req, ctx)
+    local body, jerr = req:json()
+    if not body then return 400, { error = "INVALID_JSON", message = jerr } end
+    local s, verr = validate.sale(body)
+    if not s then return 400, { error = "VALIDATION_ERROR", message = verr.message, field = verr.field } end
+    local a, kind, detail = stock.create_sale(ctx.redis, s, req.id)
+    if not a then
+      if kind == "unavailable" then return answers.unavailable(rules, detail) end
+      return 500, { error = "INTERNAL", message = tostring(detail) }
+    end
+    -- Bookkeeping beside the sale: the SKU list, a fresh okkeys set, the
+    -- in-process sold-out mark.  None of it can break the sale if it fails.
+    ctx.redis:call("SADD", stock.SKU_SET, s.skuId)
+    ctx.redis:call("DEL", stock.prefix(s.skuId) .. "okkeys")
+    deps.sold_out:clear(s.skuId)
+    if ctx.db then
+      local _, derr = ctx.db:query(
+        "INSERT INTO skus (id, name, price, initial_stock, starts_at, ends_at, per_user_limit, reservation_ttl_sec) " ..
+        "VALUES (?, ?, ?, ?, FROM_UNIXTIME(? / 1000), IF(? = 0, NULL, FROM_UNIXTIME(? / 1000)), ?, ?) " ..
+        "ON DUPLICATE KEY UPDATE name = VALUES(name), price = VALUES(price), initial_stock = VALUES(initial_stock), " ..
+        "starts_at = VALUES(starts_at), ends_at = VALUES(ends_at), per_user_limit = VALUES(per_user_limit), " ..
+        "reservation_ttl_sec = VALUES(reservation_ttl_sec)",
+        s.skuId, s.name, s.price, s.stock, s.startsAt, s.endsAt, s.endsAt,
+        s.perUserLimit or rules.per_user_limit, s.reservationTtlSec or rules.reservation_ttl_sec)
+      if derr then ctx.log.warn("sale not recorded in MySQL", { sku = s.skuId, err = derr }) end
+    end
+    ctx.log.info("sale created", { sku = s.skuId, stock = s.stock, canceled = a.canceled, request_id = req.id })
+    local sale = a.sale
+    sale.canceledReservations = a.canceled
+    return 201, sale
+  end)
+
+  app:admin("GET", "/admin/v1/sales", function(req, ctx)
+    local skus = ctx.redis:call("SMEMBERS", stock.SKU_SET)
+    if type(skus) ~= "table" then return answers.unavailable(rules) end
+    table.sort(skus, function(a, b) return tonumber(a) < tonumber(b) end)
+    local out = {}
+    for _, sku in ipairs(skus) do
+      local st = stock.status(ctx.redis, sku)
+      if st and st.code == "OK" then out[#out + 1] = M.sku_view(sku, st, core.now()) end
+    end
+    return 200, { sales = out }
+  end)
+
+  app:admin("GET", "/admin/v1/sales/:skuId/reconcile", function(req, ctx)
+    local sku = validate.id_string(req.params.skuId, "skuId")
+    if not sku then return 400, { error = "VALIDATION_ERROR", message = "skuId must be digits" } end
+    local st, kind, detail = stock.status(ctx.redis, sku)
+    if not st then
+      if kind == "unavailable" then return answers.unavailable(rules, detail) end
+      return 500, { error = "INTERNAL", message = tostring(detail) }
+    end
+    if st.code == "NO_SALE" then return 404, { error = "SKU_NOT_FOUND", message = "no sale for this SKU" } end
+    local report = M.reconcile_redis(sku, st)
+    if deps.reconcile_db and ctx.db then deps.reconcile_db(ctx, sku, st, report) end
+    report.ok = #report.differences == 0
+    return 200, report
+  end)
+end
+
+return M

@@ -1,0 +1,104 @@
+-- Turns script answers into HTTP answers.  Pure: no I/O, so every mapping is
+-- unit-tested (spec/unit/answers_spec.lua).
+local M = {}
+
+local function iso(ms)
+  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(ms / 1000)) .. (".%03dZ"):format(ms % 1000)
+end
+M.iso = iso
+
+local function refusal(status, code, message, extra, headers)
+  local body = { success = false, error = code, message = message }
+  for k, v in pairs(extra or {}) do body[k] = v end
+  return status, body, headers
+end
+
+-- purchase(answer, rules, elapsed_ms) -> status, body, headers
+function M.purchase(a, rules, elapsed_ms)
+  local msg = rules.messages or {}
+  local replayed = false
+  if a.code == "REPLAY" then
+    a, replayed = a.result, true
+  end
+  local status, body, headers
+  local c = a.code
+  if c == "OK" then
+    status, body = 200, {
+      success = true, reservationId = a.reservationId, orderId = a.orderId, quantity = a.quantity,
+      expiresAt = iso(a.expiresAt), expiresAtMs = a.expiresAt, remaining = a.remaining,
+      message = msg.reserved or "reserved",
+    }
+  elseif c == "SOLD_OUT" then
+    status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0 })
+  elseif c == "ENDED" then
+    status, body = refusal(410, "SALE_ENDED", msg.sale_ended or "sale ended", { endsAt = a.endsAt })
+  elseif c == "NOT_STARTED" then
+    local wait = math.max(1, math.ceil(((a.startsAt or 0) - (a.now or 0)) / 1000))
+    status, body, headers = refusal(425, "SALE_NOT_STARTED", msg.not_started or "sale not started",
+      { startsAt = a.startsAt }, a.now and { ["Retry-After"] = tostring(wait) } or nil)
+  elseif c == "LIMIT_EXCEEDED" then
+    status, body = refusal(403, "PURCHASE_LIMIT_EXCEEDED", msg.limit or "limit reached",
+      { limit = a.limit, held = a.held })
+  elseif c == "RATE_LIMITED" then
+    local secs = math.max(1, math.ceil((a.retryAfterMs or 1000) / 1000))
+    status, body, headers = refusal(429, "RATE_LIMITED", msg.rate_limited or "too many requests",
+      { retryAfterMs = a.retryAfterMs }, { ["Retry-After"] = tostring(secs) })
+  elseif c == "NO_SALE" then
+    status, body = refusal(404, "SKU_NOT_FOUND", msg.unknown_sku or "unknown SKU")
+  elseif c == "IDEMPOTENCY_KEY_REUSED" then
+    status, body = refusal(409, "IDEMPOTENCY_KEY_REUSED", "this idempotency key belongs to another request")
+  elseif c == "IDEMPOTENCY_MISMATCH" then
+    status, body = refusal(422, "IDEMPOTENCY_KEY_MISMATCH", "this idempotency key was used with a different body")
+  else
+    status, body = refusal(500, "INTERNAL", "unexpected answer " .. tostring(c))
+  end
+  if type(body) == "table" then body.processingTimeMs = elapsed_ms end
+  if replayed then
+    headers = headers or {}
+    headers["Idempotent-Replayed"] = "true"
+  end
+  return status, body, headers
+end
+
+-- A dependency could not be asked: 503 with Retry-After, nothing was changed
+-- that the client cannot safely retry (the idempotency key makes it safe).
+function M.unavailable(rules, detail)
+  local secs = tostring(rules.retry_after_unavailable_sec or 1)
+  return 503, { success = false, error = "SERVICE_UNAVAILABLE",
+    message = (rules.messages or {}).unavailable or "service unavailable" }, { ["Retry-After"] = secs }
+end
+
+function M.internal()
+  return 500, { success = false, error = "INTERNAL", message = "internal error" }
+end
+
+-- confirm/release answers for the order routes.
+local ORDER = {
+  OK = 200, ALREADY_CONFIRMED = 200, ALREADY_CANCELED = 200, ALREADY_EXPIRED = 410,
+  EXPIRED = 410, CANCELED = 409, NOT_DUE = 409, NOT_FOUND = 404, NOT_OWNER = 404,
+}
+local STATUS_OF = { OK = nil, ALREADY_CONFIRMED = "CONFIRMED" }
+
+function M.order_change(a, action)
+  local status = ORDER[a.code] or 500
+  -- a cancel that finds the order already confirmed cannot be honoured
+  if action == "cancel" and a.code == "ALREADY_CONFIRMED" then status = 409 end
+  if action == "pay" and a.code == "ALREADY_CANCELED" then status = 409 end
+  local body = {
+    success = status == 200, code = a.code, orderId = a.orderId, reservationId = a.reservationId,
+    status = a.status or STATUS_OF[a.code], quantity = a.quantity, paymentRef = a.paymentRef,
+    expiresAt = a.expiresAt and iso(a.expiresAt) or nil,
+  }
+  if status ~= 200 then
+    body.error = (a.code == "NOT_OWNER") and "NOT_FOUND" or a.code
+    body.message = ({
+      EXPIRED = "the reservation expired before payment", ALREADY_EXPIRED = "the reservation had expired",
+      CANCELED = "the order was canceled", ALREADY_CONFIRMED = "the order is already paid",
+      ALREADY_CANCELED = "the order was canceled", NOT_DUE = "not due",
+      NOT_FOUND = "no such order", NOT_OWNER = "no such order",
+    })[a.code] or "unexpected answer"
+  end
+  return status, body
+end
+
+return M

@@ -1,0 +1,70 @@
+local answers = require "app.lib.answers"
+local rules = require "app.rules"
+
+describe("answers.purchase", function()
+  it("maps OK to 200 with the original response fields", function()
+    local s, b, h = answers.purchase({ code = "OK", reservationId = "1", orderId = "2", quantity = 1,
+      expiresAt = 1700000000123, remaining = 9 }, rules, 1.5)
+    assert.are.equal(200, s)
+    assert.is_true(b.success)
+    assert.are.equal("1", b.reservationId)
+    assert.are.equal("2", b.orderId)
+    assert.are.equal("2023-11-14T22:13:20.123Z", b.expiresAt)
+    assert.are.equal(1.5, b.processingTimeMs)
+    assert.is_string(b.message)
+    assert.is_nil(h)
+  end)
+
+  it("marks replays and keeps the original status", function()
+    local s, b, h = answers.purchase({ code = "REPLAY", result = { code = "SOLD_OUT", remaining = 0 } }, rules, 1)
+    assert.are.equal(410, s)
+    assert.are.equal("SOLD_OUT", b.error)
+    assert.are.equal("true", h["Idempotent-Replayed"])
+  end)
+
+  local cases = {
+    { { code = "SOLD_OUT", remaining = 0 }, 410, "SOLD_OUT" },
+    { { code = "ENDED", endsAt = 1 }, 410, "SALE_ENDED" },
+    { { code = "NOT_STARTED", startsAt = 5000, now = 1000 }, 425, "SALE_NOT_STARTED" },
+    { { code = "LIMIT_EXCEEDED", limit = 1, held = 1 }, 403, "PURCHASE_LIMIT_EXCEEDED" },
+    { { code = "RATE_LIMITED", retryAfterMs = 1500 }, 429, "RATE_LIMITED" },
+    { { code = "NO_SALE" }, 404, "SKU_NOT_FOUND" },
+    { { code = "IDEMPOTENCY_KEY_REUSED" }, 409, "IDEMPOTENCY_KEY_REUSED" },
+    { { code = "IDEMPOTENCY_MISMATCH" }, 422, "IDEMPOTENCY_KEY_MISMATCH" },
+    { { code = "SOMETHING_NEW" }, 500, "INTERNAL" },
+  }
+  for _, c in ipairs(cases) do
+    it("maps " .. c[1].code .. " to " .. c[2], function()
+      local s, b = answers.purchase(c[1], rules, 1)
+      assert.are.equal(c[2], s)
+      assert.are.equal(c[3], b.error)
+      assert.is_false(b.success)
+    end)
+  end
+
+  it("sends Retry-After with 429 and 425, rounded up to whole seconds", function()
+    local _, _, h = answers.purchase({ code = "RATE_LIMITED", retryAfterMs = 1500 }, rules, 1)
+    assert.are.equal("2", h["Retry-After"])
+    _, _, h = answers.purchase({ code = "NOT_STARTED", startsAt = 5000, now = 1000 }, rules, 1)
+    assert.are.equal("4", h["Retry-After"])
+  end)
+
+  it("answers 503 with Retry-After when a dependency is down", function()
+    local s, b, h = answers.unavailable(rules, "not connected")
+    assert.are.equal(503, s)
+    assert.are.equal("SERVICE_UNAVAILABLE", b.error)
+    assert.are.equal(tostring(rules.retry_after_unavailable_sec), h["Retry-After"])
+  end)
+end)
+
+describe("answers.order_change", function()
+  it("treats a repeated pay as success and a pay after expiry as gone", function()
+    assert.are.equal(200, (answers.order_change({ code = "ALREADY_CONFIRMED" }, "pay")))
+    assert.are.equal(410, (answers.order_change({ code = "EXPIRED" }, "pay")))
+    assert.are.equal(409, (answers.order_change({ code = "ALREADY_CONFIRMED" }, "cancel")))
+    assert.are.equal(404, (answers.order_change({ code = "NOT_OWNER" }, "cancel")))
+    local s, b = answers.order_change({ code = "OK", status = "CANCELED", orderId = "7" }, "cancel")
+    assert.are.equal(200, s)
+    assert.are.equal("CANCELED", b.status)
+  end)
+end)

@@ -1,0 +1,27 @@
+local SoldOut = require "app.lib.soldout"
+
+describe("sold-out marks", function()
+  it("answers from memory until the mark expires", function()
+    local m = SoldOut.new()
+    assert.is_nil(m:check("1", nil, 0))
+    m:mark("1", 0, {}, 500, 1000)
+    assert.are.equal(0, m:check("1", nil, 1200))
+    assert.are.equal(0, m:check("1", "new-key", 1499))
+    assert.is_nil(m:check("1", nil, 1500))
+    assert.is_nil(m:check("2", nil, 1200))
+  end)
+
+  it("lets keys that bought a ticket through to Redis", function()
+    local m = SoldOut.new()
+    m:mark("1", 0, { "paid-key" }, 500, 0)
+    assert.is_nil(m:check("1", "paid-key", 10))
+    assert.are.equal(0, m:check("1", "other", 10))
+  end)
+
+  it("clears at once when stock comes back", function()
+    local m = SoldOut.new()
+    m:mark("1", 0, {}, 500, 0)
+    m:clear("1")
+    assert.is_nil(m:check("1", nil, 1))
+  end)
+end)
