@@ -18,6 +18,9 @@ local SoldOut = require "lib.soldout"
 local orders = require "lib.orders"
 local admin = require "lib.admin"
 local services = require "lib.services"
+local relay = require "lib.relay"
+local kafka = require "flashhost.kafka"
+local mysql = require "flashhost.mysql"
 
 local app = application.new("purchase")
 local sold_out = SoldOut.new()
@@ -36,11 +39,35 @@ app:on_start(function(ctx)
   ctx.rules = rules
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL"), timeout_ms = tonumber(os.getenv("REDIS_TIMEOUT_MS")) or 1000 }
   ctx.redis:load_scripts(services.scripts_dir(), stock.SCRIPTS)
-  ctx.dependencies = { redis = services.redis_check(ctx.redis) }
+  -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
+  ctx.db = mysql.pool { size = 2 }
+  ctx.dependencies = {
+    redis = services.redis_check(ctx.redis),
+    mysql = function()
+      local r, err = ctx.db:query("SELECT 1 AS ok")
+      return r ~= nil, err
+    end,
+  }
+  if os.getenv("OUTBOX_RELAY") ~= "off" then
+    local brokers = os.getenv("KAFKA_BROKERS") or "127.0.0.1:9092"
+    ctx.producer = kafka.producer { brokers = brokers }
+    -- its own connection: the relay's reads must not queue behind purchases
+    ctx.redis_relay = redis_client.connect { url = os.getenv("REDIS_URL"), timeout_ms = 2000 }
+    ctx.dependencies.kafka = function()
+      local md, err = kafka.metadata(brokers, 1000)
+      return md ~= nil, err
+    end
+    core.spawn(function()
+      relay.run(ctx)
+      ctx.producer:close()
+      ctx.redis_relay:close()
+    end)
+  end
 end)
 
 app:on_stop(function(ctx)
   ctx.redis:close()
+  ctx.db:close()
 end)
 
 -- After a purchase succeeds the order id is indexed, off the response path:

@@ -86,11 +86,3 @@ CREATE TABLE IF NOT EXISTS payments (
   PRIMARY KEY (id),
   UNIQUE KEY uq_payments_order (order_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
-
--- Generic idempotency ledger for consumers: insert the event's key in the same
--- transaction as its effects; a duplicate key means "already applied".
-CREATE TABLE IF NOT EXISTS processed_events (
-  event_key    VARCHAR(128) NOT NULL,
-  processed_at DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
-  PRIMARY KEY (event_key)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -4,6 +4,7 @@ local core = require "flashhost.core"
 local validate = require "lib.validate"
 local stock = require "lib.stock"
 local answers = require "lib.answers"
+local reconcile = require "lib.reconcile"
 
 local M = {}
 
@@ -21,28 +22,6 @@ function M.sku_view(sku, st, now)
     canceled = c.canceled or 0, expired = c.expired or 0,
     startsAt = startsAt, endsAt = endsAt, status = status,
     perUserLimit = tonumber(s.perUserLimit), reservationTtlSec = tonumber(s.ttlSec),
-  }
-end
-
--- Redis-side invariants of one SKU; `extra` adds the MySQL side when there is one.
-function M.reconcile_redis(sku, st)
-  local c = st.counts
-  local initial = tonumber(st.sale.initial) or 0
-  local diffs = {}
-  local accounted = st.stock + (c.reserved or 0) + (c.sold or 0)
-  if accounted ~= initial then
-    diffs[#diffs + 1] = ("initial %d ~= available %d + reserved %d + sold %d"):format(
-      initial, st.stock, c.reserved or 0, c.sold or 0)
-  end
-  if st.pendingQuantity ~= (c.reserved or 0) then
-    diffs[#diffs + 1] = ("pending reservations hold %d tickets, counts say %d reserved"):format(
-      st.pendingQuantity, c.reserved or 0)
-  end
-  if st.stock < 0 then diffs[#diffs + 1] = "negative stock " .. st.stock end
-  return {
-    skuId = sku, initial = initial, available = st.stock, reserved = c.reserved or 0,
-    sold = c.sold or 0, canceled = c.canceled or 0, expired = c.expired or 0,
-    pending = st.pending, outboxLength = st.outbox, differences = diffs,
   }
 end
 
@@ -96,15 +75,11 @@ function M.routes(app, deps)
   app:admin("GET", "/admin/v1/sales/:skuId/reconcile", function(req, ctx)
     local sku = validate.id_string(req.params.skuId, "skuId")
     if not sku then return 400, { error = "VALIDATION_ERROR", message = "skuId must be digits" } end
-    local st, kind, detail = stock.status(ctx.redis, sku)
-    if not st then
-      if kind == "unavailable" then return answers.unavailable(rules, detail) end
-      return 500, { error = "INTERNAL", message = tostring(detail) }
+    local report, err = reconcile.sku(ctx.redis, ctx.db, sku)
+    if not report then
+      if tostring(err):find("^no sale") then return 404, { error = "SKU_NOT_FOUND", message = err } end
+      return 503, { error = "SERVICE_UNAVAILABLE", message = err }, { ["Retry-After"] = "1" }
     end
-    if st.code == "NO_SALE" then return 404, { error = "SKU_NOT_FOUND", message = "no sale for this SKU" } end
-    local report = M.reconcile_redis(sku, st)
-    if deps.reconcile_db and ctx.db then deps.reconcile_db(ctx, sku, st, report) end
-    report.ok = #report.differences == 0
     return 200, report
   end)
 end

@@ -1,0 +1,107 @@
+-- Turning `reservations` messages into MySQL writes.  Pure (no I/O): the
+-- order worker runs the statements; unit specs check them.
+--
+-- Every event upserts its order, so events may arrive in any order and any
+-- number of times: a row is created by whichever event comes first, and its
+-- status only ever leaves PENDING (the Redis scripts allow exactly one of
+-- confirmed / canceled / expired per reservation).  Audit rows are keyed by
+-- the event id, payments by the order: duplicates are ignored.
+local cjson = require "cjson.safe"
+
+local M = {}
+
+local TYPES = { reserved = "PENDING", confirmed = "CONFIRMED", canceled = "CANCELED", expired = "EXPIRED" }
+local DELTA = { reserved = -1, confirmed = 0, canceled = 1, expired = 1 }
+
+local function digits(v) return type(v) == "string" and v:match("^%d+$") and #v <= 19 end
+
+-- Decodes one message; returns the event or nil, reason (a poison message).
+function M.decode(value)
+  local ev = cjson.decode(value or "")
+  if type(ev) ~= "table" then return nil, "not JSON" end
+  if not TYPES[ev.type] then return nil, "unknown event type " .. tostring(ev.type) end
+  for _, f in ipairs { "orderId", "reservationId", "userId", "skuId" } do
+    if not digits(ev[f]) then return nil, "bad " .. f end
+  end
+  local q = tonumber(ev.quantity)
+  if not q or q < 1 or q % 1 ~= 0 then return nil, "bad quantity" end
+  ev.quantity = q
+  ev.unitPrice = tonumber(ev.unitPrice) or 0
+  ev.expiresAt = tonumber(ev.expiresAt) or 0
+  if type(ev.eventId) ~= "string" or #ev.eventId == 0 or #ev.eventId > 64 then
+    ev.eventId = ev.reservationId .. ":" .. ev.type
+  end
+  ev.status = TYPES[ev.type]
+  return ev
+end
+
+local function placeholders(n, each)
+  local one = "(" .. each .. ")"
+  local t = {}
+  for i = 1, n do t[i] = one end
+  return table.concat(t, ",")
+end
+
+-- The statements for a batch of decoded events: { { sql, params... }, ... }
+function M.statements(events)
+  if #events == 0 then return {} end
+  local stmts = {}
+
+  local order_params = {}
+  for _, e in ipairs(events) do
+    for _, v in ipairs { e.orderId, e.reservationId, e.userId, e.skuId, e.quantity, e.unitPrice,
+      e.status, e.expiresAt, e.traceId or "" } do
+      order_params[#order_params + 1] = v
+    end
+  end
+  stmts[#stmts + 1] = { "INSERT INTO orders (id, reservation_id, user_id, sku_id, quantity, unit_price, status, expires_at, trace_id) VALUES " ..
+    placeholders(#events, "?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000), ?") ..
+    " ON DUPLICATE KEY UPDATE status = IF(status = 'PENDING', VALUES(status), status)", order_params }
+
+  local items, audit, pay = {}, {}, {}
+  local n_items, n_pay = 0, 0
+  for _, e in ipairs(events) do
+    if e.type == "reserved" then
+      for _, v in ipairs { e.orderId, e.skuId, e.quantity, e.unitPrice } do items[#items + 1] = v end
+      n_items = n_items + 1
+    elseif e.type == "confirmed" then
+      for _, v in ipairs { e.orderId, e.quantity * e.unitPrice, "PAID" } do pay[#pay + 1] = v end
+      n_pay = n_pay + 1
+    end
+    for _, v in ipairs { e.orderId, e.skuId, e.type, DELTA[e.type] * e.quantity, e.eventId } do
+      audit[#audit + 1] = v
+    end
+  end
+  if n_items > 0 then
+    stmts[#stmts + 1] = { "INSERT IGNORE INTO order_items (order_id, sku_id, quantity, unit_price) VALUES " ..
+      placeholders(n_items, "?, ?, ?, ?"), items }
+  end
+  if n_pay > 0 then
+    stmts[#stmts + 1] = { "INSERT IGNORE INTO payments (order_id, amount, status) VALUES " ..
+      placeholders(n_pay, "?, ?, ?"), pay }
+  end
+  stmts[#stmts + 1] = { "INSERT IGNORE INTO inventory_audit (order_id, sku_id, event_type, quantity_delta, event_id) VALUES " ..
+    placeholders(#events, "?, ?, ?, ?, ?"), audit }
+  return stmts
+end
+
+-- What the worker publishes on `orders` (and `payments` for confirmations).
+function M.order_message(e)
+  return {
+    key = e.orderId,
+    value = cjson.encode { orderId = e.orderId, reservationId = e.reservationId, userId = e.userId,
+      skuId = e.skuId, quantity = e.quantity, status = e.status, event = e.type, ts = tonumber(e.ts) },
+    headers = { trace_id = e.traceId or "", event_id = e.eventId },
+  }
+end
+
+function M.payment_message(e)
+  return {
+    key = e.orderId,
+    value = cjson.encode { orderId = e.orderId, amount = e.quantity * e.unitPrice,
+      paymentRef = e.paymentRef or "", status = "PAID", ts = tonumber(e.ts) },
+    headers = { trace_id = e.traceId or "", event_id = e.eventId },
+  }
+end
+
+return M

@@ -1,0 +1,183 @@
+-- The order worker: `flashhost app/order_worker.lua`.
+--
+-- Consumes `reservations`, applies each batch to MySQL in one transaction
+-- (idempotent upserts, lib/order_events.lua), publishes the resulting order
+-- changes on `orders` (and confirmations on `payments`), and only then
+-- commits the Kafka offsets.  A crash anywhere before the commit means the
+-- batch comes again and changes nothing the second time.
+--
+-- While MySQL is down the batch is retried with backoff and nothing is
+-- committed; a message that fails on its own (malformed, or refused by the
+-- database) is retried a bounded number of times and then sent to
+-- `order-dead-letter` with the reason, so one bad message never stops the line.
+local application = require "flashhost.app"
+local core = require "flashhost.core"
+local timer = require "flashhost.timer"
+local kafka = require "flashhost.kafka"
+local mysql = require "flashhost.mysql"
+local services = require "lib.services"
+local events = require "lib.order_events"
+
+local app = application.new("order_worker")
+
+local BATCH = tonumber(os.getenv("ORDER_BATCH")) or 500
+local MAX_ATTEMPTS = tonumber(os.getenv("ORDER_MAX_ATTEMPTS")) or 3
+local DLQ = "order-dead-letter"
+
+services.install(app, { required = { mysql = true, kafka = true } })
+
+local function brokers() return os.getenv("KAFKA_BROKERS") or "127.0.0.1:9092" end
+
+-- Applies decoded events in one transaction: true | nil, err
+local function apply(ctx, evs)
+  local stmts = events.statements(evs)
+  return ctx.db:transaction(function(tx)
+    for _, st in ipairs(stmts) do
+      local res, err = tx:query(st[1], unpack(st[2]))
+      if not res then error(err, 0) end
+    end
+    return true
+  end)
+end
+
+local function connection_error(err)
+  err = tostring(err)
+  return err:find("connection", 1, true) or err:find("timeout", 1, true) or err:find("pool", 1, true)
+    or err:find("2002", 1, true) or err:find("2006", 1, true) or err:find("2013", 1, true)
+end
+
+local function dead_letter(ctx, msg, reason)
+  local ok, err = ctx.producer:produce(DLQ, {
+    key = msg.key, value = msg.value,
+    headers = { error = tostring(reason):sub(1, 500), source_topic = msg.topic,
+      source_partition = tostring(msg.partition), source_offset = tostring(msg.offset),
+      trace_id = msg.headers and msg.headers.trace_id or "" },
+  })
+  if ok then
+    ctx.metrics.raw.dead:inc()
+    ctx.log.error("message sent to the dead-letter topic", { reason = reason, offset = msg.offset,
+      partition = msg.partition, trace_id = msg.headers and msg.headers.trace_id })
+  end
+  return ok, err
+end
+
+-- Applies one message alone (used to find the poison in a failing batch).
+local function apply_one(ctx, msg, ev)
+  for attempt = 1, MAX_ATTEMPTS do
+    local ok, err = apply(ctx, { ev })
+    if ok then return true end
+    if connection_error(err) then return nil, err end
+    ctx.log.warn("event refused by the database", { attempt = attempt, err = err, event = ev.eventId })
+    if attempt == MAX_ATTEMPTS then return dead_letter(ctx, msg, err) end
+    timer.sleep(100 * attempt)
+  end
+end
+
+local function publish(ctx, evs)
+  local out, pays = {}, {}
+  for _, e in ipairs(evs) do
+    out[#out + 1] = events.order_message(e)
+    if e.type == "confirmed" then pays[#pays + 1] = events.payment_message(e) end
+  end
+  local n, errs = ctx.producer:produce_batch("orders", out)
+  if n ~= #out then return nil, "orders topic: " .. tostring(select(2, next(errs or {}))) end
+  if #pays > 0 then
+    n, errs = ctx.producer:produce_batch("payments", pays)
+    if n ~= #pays then return nil, "payments topic: " .. tostring(select(2, next(errs or {}))) end
+  end
+  return true
+end
+
+-- Handles one polled batch until it is durable; returns true when the
+-- offsets may be committed, nil when the process is stopping.
+local function handle(ctx, msgs)
+  local evs, poison = {}, {}
+  for _, msg in ipairs(msgs) do
+    local ev, why = events.decode(msg.value)
+    if ev then
+      ev.traceId = ev.traceId or (msg.headers and msg.headers.trace_id)
+      evs[#evs + 1] = { ev = ev, msg = msg }
+    else
+      poison[#poison + 1] = { msg = msg, why = why }
+    end
+  end
+  for _, p in ipairs(poison) do
+    while not dead_letter(ctx, p.msg, p.why) do
+      if not timer.sleep(1000) then return nil end
+    end
+  end
+
+  local plain = {}
+  for i, e in ipairs(evs) do plain[i] = e.ev end
+  local backoff = 100
+  while true do
+    local ok, err = apply(ctx, plain)
+    if ok then break end
+    if connection_error(err) then
+      -- MySQL is away: keep the batch, wait, try again (offsets stay uncommitted)
+      ctx.log.warn("database unavailable; retrying the batch", { err = err, events = #plain, backoff_ms = backoff })
+      if not timer.sleep(backoff) then return nil end
+      backoff = math.min(backoff * 2, 5000)
+    else
+      -- something in the batch is refused: apply one by one to isolate it
+      ctx.log.warn("batch refused; applying events one at a time", { err = err })
+      for _, e in ipairs(evs) do
+        local one_ok, one_err = apply_one(ctx, e.msg, e.ev)
+        while not one_ok do
+          ctx.log.warn("waiting to apply event", { err = one_err })
+          if not timer.sleep(backoff) then return nil end
+          one_ok, one_err = apply_one(ctx, e.msg, e.ev)
+        end
+      end
+      break
+    end
+  end
+  for _, e in ipairs(plain) do ctx.metrics.raw.events:inc({ type = e.type, outcome = "applied" }) end
+
+  local published, perr = publish(ctx, plain)
+  while not published do
+    ctx.log.warn("order events not published yet; retrying", { err = perr })
+    if not timer.sleep(1000) then return nil end
+    published, perr = publish(ctx, plain)
+  end
+  return true
+end
+
+local function consume(ctx)
+  while not core.stopping() do
+    local msgs, err = ctx.consumer:poll(BATCH, 200)
+    if not msgs then
+      ctx.log.warn("poll failed", { err = err })
+      if not timer.sleep(500) then break end
+    elseif #msgs > 0 then
+      if not handle(ctx, msgs) then break end
+      local ok, cerr = ctx.consumer:commit(msgs)
+      if not ok then ctx.log.warn("offset commit failed; the batch may be applied again (harmlessly)", { err = cerr }) end
+    end
+  end
+  -- This task owns the clients: the generation drains once they are closed.
+  ctx.consumer:close()
+  ctx.producer:close()
+  ctx.db:close()
+end
+
+app:on_start(function(ctx)
+  ctx.db = mysql.pool {}
+  ctx.producer = kafka.producer { brokers = brokers() }
+  ctx.consumer = kafka.consumer {
+    brokers = brokers(), group = os.getenv("ORDER_GROUP") or "order-workers", topics = { "reservations" },
+  }
+  ctx.dependencies = {
+    mysql = function()
+      local r, err = ctx.db:query("SELECT 1 AS ok")
+      return r ~= nil, err
+    end,
+    kafka = function()
+      local md, err = kafka.metadata(brokers(), 1000)
+      return md ~= nil, err
+    end,
+  }
+  core.spawn(consume, ctx)
+end)
+
+return app

@@ -1,0 +1,51 @@
+local events = require "app.lib.order_events"
+local cjson = require "cjson"
+
+local function ev(t, extra)
+  local e = { type = t, eventId = "10:" .. t, reservationId = "10", orderId = "20", userId = "30", skuId = "1",
+    quantity = "2", unitPrice = "19.9", expiresAt = "1700000000000", ts = "1700000000000", traceId = "tr" }
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return cjson.encode(e)
+end
+
+describe("order events", function()
+  it("decodes a reserved event", function()
+    local e = assert(events.decode(ev("reserved")))
+    assert.are.equal("PENDING", e.status)
+    assert.are.equal(2, e.quantity)
+    assert.are.equal(19.9, e.unitPrice)
+  end)
+
+  it("refuses poison messages with a reason", function()
+    for _, bad in ipairs { "not json", ev("shipped"), ev("reserved", { orderId = "x1" }),
+      ev("reserved", { quantity = "0" }), ev("reserved", { userId = "1; DROP TABLE orders" }) } do
+      local e, why = events.decode(bad)
+      assert.is_nil(e)
+      assert.is_string(why)
+    end
+  end)
+
+  it("upserts orders so that any arrival order ends in the final status", function()
+    local stmts = events.statements { assert(events.decode(ev("confirmed"))), assert(events.decode(ev("reserved"))) }
+    local sql = stmts[1][1]
+    assert.truthy(sql:find("ON DUPLICATE KEY UPDATE status = IF(status = 'PENDING', VALUES(status), status)", 1, true))
+    assert.are.equal(18, #stmts[1][2]) -- 9 values per event
+    assert.are.equal("CONFIRMED", stmts[1][2][7])
+  end)
+
+  it("writes items for reservations, payments for confirmations, audit for every event", function()
+    local stmts = events.statements {
+      assert(events.decode(ev("reserved"))), assert(events.decode(ev("confirmed"))), assert(events.decode(ev("expired", { reservationId = "11", orderId = "21" }))) }
+    local kinds = {}
+    for _, s in ipairs(stmts) do kinds[#kinds + 1] = s[1]:match("INTO ([%w_]+)") end
+    assert.are.same({ "orders", "order_items", "payments", "inventory_audit" }, kinds)
+    local audit = stmts[4][2]
+    assert.are.same({ "20", "1", "reserved", -2, "10:reserved" }, { unpack(audit, 1, 5) })
+    assert.are.same({ "20", "1", "confirmed", 0, "10:confirmed" }, { unpack(audit, 6, 10) })
+    assert.are.same({ "21", "1", "expired", 2, "10:expired" }, { unpack(audit, 11, 15) })
+    for _, s in ipairs(stmts) do
+      local _, n = s[1]:gsub("%?", "")
+      assert.are.equal(n, #s[2], "placeholders match parameters in " .. s[1]:sub(1, 40))
+    end
+  end)
+end)
