@@ -66,7 +66,6 @@ end)
 app:on_stop(function(ctx)
   -- Hand the lease over at once instead of letting it lapse.
   if ctx.leader then ctx.redis:evalsha("lease", { LEASE_KEY }, { ctx.owner, "release" }) end
-  ctx.redis:close()
 end)
 
 return app

@@ -78,6 +78,9 @@ function App:use(fn) table.insert(self.filters, fn); return self end
 -- app:observe(fn): called after every answer with (req, status, elapsed_ms).
 function App:observe(fn) table.insert(self.observers, fn); return self end
 function App:on_start(fn) table.insert(self.starts, fn); return self end
+-- Stop hooks run when the generation is told to stop (reload or shutdown),
+-- while its in-flight requests may still be running: do not close clients
+-- those requests use; every client closes when the drained state is collected.
 function App:on_stop(fn) table.insert(self.stops, fn); return self end
 -- app:on_validate(fn): runs at boot and on --check; raise to refuse the code.
 function App:on_validate(fn) table.insert(self.validators, fn); return self end
