@@ -34,7 +34,7 @@ for _, sku in ipairs(skus) do
       sku, rep.initial, rep.available, rep.reserved, rep.sold, rep.canceled, rep.expired, rep.outboxBacklog,
       m and (" | mysql orders %d pending %d confirmed %d canceled %d expired %d"):format(m.orders, m.reserved, m.sold, m.canceled, m.expired) or "",
       rep.ok and "ok" or (rep.converging and "CONVERGING" or "DIFFERENT")))
-    for _, d in ipairs(rep.differences) do print("  " .. d) end
+    for _, d in ipairs(rep.differences or {}) do print("  " .. d) end
     if not rep.ok then bad = bad + 1 end
   end
 end

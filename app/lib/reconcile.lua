@@ -11,7 +11,7 @@ local M = {}
 
 local STATUS_FIELD = { PENDING = "reserved", CONFIRMED = "sold", CANCELED = "canceled", EXPIRED = "expired" }
 
--- Returns the report; report.differences lists what disagrees.
+-- Returns the report: report.ok, and report.differences listing what disagrees (absent when ok).
 function M.sku(redis, db, sku)
   local st, kind, err = stock.status(redis, sku)
   if not st then return nil, kind .. ": " .. tostring(err) end
@@ -57,6 +57,8 @@ function M.sku(redis, db, sku)
   -- Events still in the outbox have not reached MySQL yet: differences may close.
   report.converging = st.outbox > 0
   report.ok = #d == 0
+  -- an empty Lua table would encode as {}; say "no differences" by leaving it out
+  if #d == 0 then report.differences = nil end
   return report
 end
 
