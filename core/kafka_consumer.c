@@ -1,0 +1,653 @@
+/*
+ * flashhost.kafka.driver: the group consumer.
+ *
+ * rd_kafka_poll_set_consumer sends everything (fetched messages, rebalances,
+ * commit results, log lines, errors) to the consumer queue, which kafka.c
+ * watches; `drain` serves it with rd_kafka_consumer_poll(rk, 0) until it is
+ * empty, and moves messages into a local buffer that c:poll hands out.  The
+ * buffer is bounded (max_buffered): when it is full, drain stops taking
+ * messages until the application polls again — librdkafka's own prefetch
+ * limits then apply, and a consumer whose application stopped polling leaves
+ * the group after max.poll.interval.ms, as it should.
+ *
+ * Offsets are the application's: enable.auto.commit and
+ * enable.auto.offset.store are off.  c:commit stores the offsets (which also
+ * tells us which partitions are still ours: storing fails for the others)
+ * and commits them with rd_kafka_commit_queue, whose result callback comes
+ * back through the same queue; the caller yields until then.
+ *
+ * Rebalances: on revoke, buffered messages of the revoked partitions are
+ * dropped (their new owner reads them from the committed offset), stored
+ * offsets not yet committed are committed, and the partitions are unassigned
+ * (eager or cooperative, whichever the group uses).
+ *
+ * Close: rd_kafka_consumer_close blocks for a round trip or more (leave the
+ * group, wait for the revoke), so it runs on the threadpool, through
+ * rd_kafka_consumer_close_queue, bounded by close_timeout_ms; the caller
+ * yields until the handle is destroyed.  __gc does the same without a caller.
+ */
+#include "kafka_int.h"
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+
+#define FH__CONSUMER "flashhost.kafka.consumer"
+#define FH__TICK_MS 1000
+
+typedef struct fh__consumer fh__consumer;
+
+typedef struct fh__pollw {
+  uv_timer_t timer;
+  fh__consumer *c;
+  lua_State *co;            /* NULL once answered */
+  int max;
+  struct fh__pollw *next;
+} fh__pollw;
+
+typedef struct fh__commit {
+  struct fh__commit *next;
+  lua_State *co;            /* NULL once given up (close, __gc) */
+  int done;
+  rd_kafka_resp_err_t err;
+} fh__commit;
+
+struct fh__consumer {
+  fh_kafka_client kc;       /* first: kafka.c hands us &c->kc */
+  fh__consumer **box;
+  rd_kafka_message_t **buf; /* buf[head .. head+len) */
+  size_t head, len, cap, max_buffered;
+  fh__pollw *wait_head, *wait_tail;
+  fh__commit *commits;      /* in flight, done, or given up */
+  lua_State *closer;
+  int close_timeout_ms;
+  char err[256];            /* an error seen since the last answer to poll */
+};
+
+/* ---- the message buffer ------------------------------------------------------ */
+
+static void fh__buf_push(fh__consumer *c, rd_kafka_message_t *m) {
+  if (c->head + c->len == c->cap) {
+    if (c->head > 0) {
+      memmove(c->buf, c->buf + c->head, c->len * sizeof *c->buf);
+      c->head = 0;
+    } else {
+      size_t cap = c->cap ? c->cap * 2 : 64;
+      rd_kafka_message_t **nb = realloc(c->buf, cap * sizeof *nb);
+      /* Dropping a message would let a later commit skip it. */
+      if (!nb) abort();
+      c->buf = nb;
+      c->cap = cap;
+    }
+  }
+  c->buf[c->head + c->len++] = m;
+}
+
+static void fh__buf_clear(fh__consumer *c) {
+  for (size_t i = 0; i < c->len; i++) rd_kafka_message_destroy(c->buf[c->head + i]);
+  c->head = c->len = 0;
+}
+
+/* Drops buffered messages of partitions that are no longer ours. */
+static void fh__buf_drop(fh__consumer *c, const rd_kafka_topic_partition_list_t *parts) {
+  size_t kept = 0;
+  for (size_t i = 0; i < c->len; i++) {
+    rd_kafka_message_t *m = c->buf[c->head + i];
+    int drop = 0;
+    for (int j = 0; j < parts->cnt && !drop; j++)
+      drop = parts->elems[j].partition == m->partition &&
+             strcmp(parts->elems[j].topic, rd_kafka_topic_name(m->rkt)) == 0;
+    if (drop) rd_kafka_message_destroy(m);
+    else c->buf[c->head + kept++] = m;
+  }
+  if (kept < c->len)
+    fh_log(FH_LOG_DEBUG, "kafka %s: dropped %zu buffered messages of revoked partitions",
+           rd_kafka_name(c->kc.rk), c->len - kept);
+  c->len = kept;
+}
+
+static void fh__push_message(lua_State *L, rd_kafka_message_t *m) {
+  lua_createtable(L, 0, 7);
+  lua_pushstring(L, rd_kafka_topic_name(m->rkt));
+  lua_setfield(L, -2, "topic");
+  lua_pushinteger(L, m->partition);
+  lua_setfield(L, -2, "partition");
+  lua_pushnumber(L, (lua_Number)m->offset);
+  lua_setfield(L, -2, "offset");
+  if (m->key) {
+    lua_pushlstring(L, m->key, m->key_len);
+    lua_setfield(L, -2, "key");
+  }
+  if (m->payload) {
+    lua_pushlstring(L, m->payload, m->len);
+    lua_setfield(L, -2, "value");
+  }
+  rd_kafka_timestamp_type_t tstype;
+  int64_t ts = rd_kafka_message_timestamp(m, &tstype);
+  if (ts >= 0) {
+    lua_pushnumber(L, (lua_Number)ts);
+    lua_setfield(L, -2, "timestamp");
+  }
+  lua_newtable(L);
+  rd_kafka_headers_t *h = NULL;
+  if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    const char *name;
+    const void *val;
+    size_t size;
+    /* A header without a value has nothing to map to: it is left out. */
+    for (size_t i = 0; rd_kafka_header_get_all(h, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
+      if (!val) continue;
+      lua_pushlstring(L, val, size);
+      lua_setfield(L, -2, name);
+    }
+  }
+  lua_setfield(L, -2, "headers");
+}
+
+/* Pushes an array of up to `max` buffered messages (and frees them). */
+static void fh__push_messages(lua_State *L, fh__consumer *c, int max) {
+  size_t n = c->len < (size_t)max ? c->len : (size_t)max;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    rd_kafka_message_t *m = c->buf[c->head];
+    c->head++;
+    c->len--;
+    fh__push_message(L, m);
+    lua_rawseti(L, -2, (int)i + 1);
+    rd_kafka_message_destroy(m);
+  }
+  if (c->len == 0) c->head = 0;
+  if (n > 0) c->err[0] = 0; /* messages answer the poll; the error was logged */
+}
+
+/* ---- callbacks (loop thread, inside rd_kafka_consumer_poll) ----------------- */
+
+static void fh__note_error(fh__consumer *c, rd_kafka_resp_err_t err, const char *what) {
+  /* A dropped connection is retried by librdkafka and already came through
+   * as a log line; the poll answer is kept for errors worth acting on. */
+  if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF || err == RD_KAFKA_RESP_ERR__TRANSPORT) return;
+  fh_log(FH_LOG_WARN, "kafka %s: %s", rd_kafka_name(c->kc.rk), what);
+  snprintf(c->err, sizeof c->err, "%s", what);
+}
+
+static void fh__error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+  fh__consumer *c = opaque;
+  char buf[512];
+  if (err == RD_KAFKA_RESP_ERR__FATAL) reason = fh_kafka_errstr(rk, err, buf, sizeof buf);
+  fh__note_error(c, err, reason);
+}
+
+/* Applies a rebalance the way the group's protocol wants it. */
+static void fh__rebalance_apply(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                rd_kafka_topic_partition_list_t *parts) {
+  int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+  rd_kafka_error_t *e = NULL;
+  rd_kafka_resp_err_t r = RD_KAFKA_RESP_ERR_NO_ERROR;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    if (coop) e = rd_kafka_incremental_assign(rk, parts);
+    else r = rd_kafka_assign(rk, parts);
+  } else {
+    if (coop) e = rd_kafka_incremental_unassign(rk, parts);
+    else r = rd_kafka_assign(rk, NULL);
+  }
+  if (e) {
+    fh_log(FH_LOG_ERROR, "kafka %s: rebalance: %s", rd_kafka_name(rk), rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+  } else if (r) {
+    fh_log(FH_LOG_ERROR, "kafka %s: rebalance: %s", rd_kafka_name(rk), rd_kafka_err2str(r));
+  }
+}
+
+static void fh__rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *parts, void *opaque) {
+  fh__consumer *c = opaque;
+  fh_log(FH_LOG_INFO, "kafka %s: %s %d partitions", rd_kafka_name(rk),
+         err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked", parts ? parts->cnt : 0);
+  if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    if (parts) fh__buf_drop(c, parts);
+    /* Offsets stored by a commit whose request failed are still ours to
+     * commit: do it before the partitions go (async; the group still
+     * accepts it until the rebalance completes).  Not if the assignment was
+     * lost: then another member may own them already. */
+    if (!rd_kafka_assignment_lost(rk)) rd_kafka_commit(rk, NULL, 1);
+  }
+  fh__rebalance_apply(rk, err, parts);
+}
+
+static void fh__commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                          rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+  fh__commit *r = opaque;
+  for (int i = 0; !err && offsets && i < offsets->cnt; i++) err = offsets->elems[i].err;
+  r->err = err;
+  r->done = 1;
+}
+
+/* ---- serving the queue -------------------------------------------------------- */
+
+static void fh__pollw_free_cb(uv_handle_t *h) { free(h->data); }
+
+static void fh__pollw_unlink(fh__consumer *c, fh__pollw *w) {
+  fh__pollw **pp = &c->wait_head;
+  fh__pollw *prev = NULL;
+  while (*pp && *pp != w) { prev = *pp; pp = &(*pp)->next; }
+  if (!*pp) return;
+  *pp = w->next;
+  if (c->wait_tail == w) c->wait_tail = prev;
+  w->next = NULL;
+}
+
+/* Detaches a waiter and returns its coroutine (NULL if already answered). */
+static lua_State *fh__pollw_end(fh__consumer *c, fh__pollw *w) {
+  lua_State *co = w->co;
+  w->co = NULL;
+  fh__pollw_unlink(c, w);
+  uv_timer_stop(&w->timer);
+  uv_close((uv_handle_t *)&w->timer, fh__pollw_free_cb);
+  return co;
+}
+
+/* Resumes finished commits and waiting polls.  Runs outside of librdkafka;
+ * resumed code may poll, commit or close: c stays allocated until release,
+ * and every step re-reads the lists. */
+static void fh__serve(fh__consumer *c) {
+  for (;;) {
+    fh__commit **pp = &c->commits;
+    while (*pp && !(*pp)->done) pp = &(*pp)->next;
+    if (!*pp) break;
+    fh__commit *r = *pp;
+    *pp = r->next;
+    lua_State *co = r->co;
+    rd_kafka_resp_err_t err = r->err;
+    free(r);
+    if (!co) continue;
+    if (err) {
+      lua_pushnil(co);
+      lua_pushstring(co, rd_kafka_err2str(err));
+      fh_wait_resume(co, 2);
+    } else {
+      lua_pushboolean(co, 1);
+      fh_wait_resume(co, 1);
+    }
+  }
+  while (c->wait_head && c->len > 0 && c->kc.state == FH_KAFKA_OPEN) {
+    fh__pollw *w = c->wait_head;
+    int max = w->max;
+    lua_State *co = fh__pollw_end(c, w);
+    fh__push_messages(co, c, max);
+    fh_wait_resume(co, 1);
+  }
+}
+
+static void fh__drain(fh_kafka_client *kc) {
+  fh__consumer *c = (fh__consumer *)kc;
+  if (kc->state != FH_KAFKA_OPEN) return;
+  while (c->len < c->max_buffered) {
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, 0);
+    if (!m) break;
+    if (m->err) {
+      char what[400];
+      if (m->rkt)
+        snprintf(what, sizeof what, "%s [%s/%d]", rd_kafka_message_errstr(m),
+                 rd_kafka_topic_name(m->rkt), (int)m->partition);
+      else
+        snprintf(what, sizeof what, "%s", rd_kafka_message_errstr(m));
+      fh__note_error(c, m->err, what);
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    fh__buf_push(c, m);
+  }
+  fh__serve(c);
+}
+
+static void fh__on_poll_timeout(uv_timer_t *t) {
+  fh__pollw *w = t->data;
+  fh__consumer *c = w->c;
+  fh__drain(&c->kc); /* a last look; it may answer this waiter */
+  if (!w->co) return;
+  lua_State *co = fh__pollw_end(c, w);
+  if (c->err[0]) {
+    lua_pushnil(co);
+    lua_pushstring(co, c->err);
+    c->err[0] = 0;
+    fh_wait_resume(co, 2);
+  } else {
+    lua_newtable(co);
+    fh_wait_resume(co, 1);
+  }
+}
+
+/* Answers every waiter with nil, "closed" (resume) or forgets them (the Lua
+ * state is closing), and drops the buffer. */
+static void fh__give_up(fh__consumer *c, int resume) {
+  while (c->wait_head) {
+    lua_State *co = fh__pollw_end(c, c->wait_head);
+    if (resume && co) {
+      lua_pushnil(co);
+      lua_pushliteral(co, "closed");
+      fh_wait_resume(co, 2);
+    }
+  }
+  for (fh__commit *r = c->commits; r; r = r->next) {
+    /* The struct stays until release: librdkafka still holds it as opaque. */
+    lua_State *co = r->co;
+    r->co = NULL;
+    if (resume && co) {
+      lua_pushnil(co);
+      lua_pushliteral(co, "closed");
+      fh_wait_resume(co, 2);
+    }
+  }
+  fh__buf_clear(c);
+}
+
+/* Threadpool: leave the group, bounded.  Events are served here with the
+ * event API, so none of our callbacks runs on this thread. */
+static void fh__close_thread(fh_kafka_client *kc) {
+  fh__consumer *c = (fh__consumer *)kc;
+  rd_kafka_t *rk = kc->rk;
+  rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+  rd_kafka_error_t *e = rd_kafka_consumer_close_queue(rk, q);
+  if (e) {
+    fh_log(FH_LOG_WARN, "kafka %s: close: %s", rd_kafka_name(rk), rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+  } else {
+    uint64_t deadline = uv_hrtime() + (uint64_t)c->close_timeout_ms * 1000000u;
+    while (!rd_kafka_consumer_closed(rk)) {
+      if (uv_hrtime() >= deadline) {
+        fh_log(FH_LOG_WARN, "kafka %s: leaving the group took longer than %d ms; destroying anyway",
+               rd_kafka_name(rk), c->close_timeout_ms);
+        break;
+      }
+      rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+      if (!ev) continue;
+      switch (rd_kafka_event_type(ev)) {
+        case RD_KAFKA_EVENT_REBALANCE:
+          fh__rebalance_apply(rk, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev));
+          break;
+        case RD_KAFKA_EVENT_LOG: {
+          const char *fac, *str;
+          int level;
+          if (rd_kafka_event_log(ev, &fac, &str, &level) == 0) fh_kafka_log_cb(rk, level, fac, str);
+          break;
+        }
+        case RD_KAFKA_EVENT_ERROR:
+          fh_log(FH_LOG_WARN, "kafka %s: close: %s", rd_kafka_name(rk), rd_kafka_event_error_string(ev));
+          break;
+        default:
+          break;
+      }
+      rd_kafka_event_destroy(ev);
+    }
+  }
+  rd_kafka_queue_destroy(q);
+}
+
+static void fh__release(fh_kafka_client *kc) {
+  fh__consumer *c = (fh__consumer *)kc;
+  while (c->commits) {
+    fh__commit *r = c->commits;
+    c->commits = r->next;
+    free(r);
+  }
+  fh__buf_clear(c);
+  free(c->buf);
+  if (c->box) *c->box = NULL;
+  lua_State *co = c->closer;
+  free(c);
+  if (co) {
+    lua_pushboolean(co, 1);
+    fh_wait_resume(co, 1);
+  }
+}
+
+/* ---- Lua ---------------------------------------------------------------------- */
+
+static fh__consumer *fh__check_open(lua_State *L, int idx) {
+  fh__consumer **box = luaL_checkudata(L, idx, FH__CONSUMER);
+  if (!*box || (*box)->kc.state != FH_KAFKA_OPEN) luaL_error(L, "kafka consumer is closed");
+  return *box;
+}
+
+/* consumer(conf, topics, opts) -> c | nil, err.  conf: librdkafka
+ * properties, group.id among them; topics: array of names; opts:
+ * { max_buffered, close_timeout_ms }. */
+static int l_consumer(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int ntopics = (int)lua_objlen(L, 2);
+  luaL_argcheck(L, ntopics > 0, 2, "at least one topic");
+  for (int i = 1; i <= ntopics; i++) {
+    lua_rawgeti(L, 2, i);
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "topics must be strings");
+    lua_pop(L, 1);
+  }
+  lua_Integer max_buffered = fh_kafka_opt_int(L, 3, "max_buffered", 2000);
+  lua_Integer close_ms = fh_kafka_opt_int(L, 3, "close_timeout_ms", 10000);
+  luaL_argcheck(L, max_buffered >= 1, 3, "max_buffered must be >= 1");
+  rd_kafka_conf_t *conf = fh_kafka_conf(L, 1, NULL);
+  fh__consumer **box = lua_newuserdata(L, sizeof *box);
+  *box = NULL;
+  luaL_getmetatable(L, FH__CONSUMER);
+  lua_setmetatable(L, -2);
+  fh__consumer *c = calloc(1, sizeof *c);
+  if (!c) {
+    rd_kafka_conf_destroy(conf);
+    return luaL_error(L, "out of memory");
+  }
+  c->max_buffered = (size_t)max_buffered;
+  c->close_timeout_ms = close_ms < 0 ? 0 : (int)close_ms;
+  rd_kafka_conf_set_opaque(conf, c);
+  rd_kafka_conf_set_rebalance_cb(conf, fh__rebalance_cb);
+  rd_kafka_conf_set_error_cb(conf, fh__error_cb);
+  char errstr[512];
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+  if (!rk) {
+    rd_kafka_conf_destroy(conf);
+    free(c);
+    return luaL_error(L, "kafka consumer: %s", errstr);
+  }
+  c->kc.rk = rk;
+  c->kc.drain = fh__drain;
+  c->kc.release = fh__release;
+  c->kc.before_destroy = fh__close_thread;
+  /* We close the consumer ourselves, bounded, before destroying it. */
+  c->kc.destroy_flags = RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE;
+  rd_kafka_poll_set_consumer(rk);
+  rd_kafka_set_log_queue(rk, NULL); /* main queue, now forwarded to the consumer queue */
+  rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(ntopics);
+  for (int i = 1; i <= ntopics; i++) {
+    lua_rawgeti(L, 2, i);
+    rd_kafka_topic_partition_list_add(topics, lua_tostring(L, -1), RD_KAFKA_PARTITION_UA);
+    lua_pop(L, 1);
+  }
+  rd_kafka_resp_err_t err = rd_kafka_subscribe(rk, topics);
+  rd_kafka_topic_partition_list_destroy(topics);
+  rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rk);
+  int rc = err ? 0 : fh_kafka_client_start(&c->kc, q, FH__TICK_MS);
+  if (err || rc) {
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    free(c);
+    if (err) return fh_push_error(L, "kafka subscribe: %s", rd_kafka_err2str(err));
+    return fh_push_error(L, "kafka consumer: %s", uv_strerror(rc));
+  }
+  *box = c;
+  c->box = box;
+  return 1;
+}
+
+/* c:poll(max, timeout_ms) -> { msg, ... } | nil, err
+ * Yields until at least one message is there or the timeout; an empty
+ * array on a quiet timeout, nil, err if librdkafka reported an error
+ * meanwhile and no message came. */
+static int l_poll(lua_State *L) {
+  fh__consumer *c = fh__check_open(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, 100);
+  int ms = fh_kafka_check_ms(L, 3, 1000);
+  luaL_argcheck(L, max >= 1 && max <= INT32_MAX, 2, "max must be >= 1");
+  fh__drain(&c->kc);
+  if (c->len > 0 && !c->wait_head) {
+    fh__push_messages(L, c, (int)max);
+    return 1;
+  }
+  if (ms == 0) {
+    if (c->err[0]) {
+      fh_push_error(L, "%s", c->err);
+      c->err[0] = 0;
+      return 2;
+    }
+    lua_newtable(L);
+    return 1;
+  }
+  lua_State *co = fh_wait_begin(L);
+  fh__pollw *w = calloc(1, sizeof *w);
+  if (!w) return luaL_error(L, "out of memory");
+  w->c = c;
+  w->co = co;
+  w->max = (int)max;
+  w->timer.data = w;
+  uv_timer_init(fh_loop(), &w->timer);
+  uv_timer_start(&w->timer, fh__on_poll_timeout, (uint64_t)ms, 0);
+  if (c->wait_tail) c->wait_tail->next = w; else c->wait_head = w;
+  c->wait_tail = w;
+  return lua_yield(L, 0);
+}
+
+/* c:commit({ {topic, partition, next_offset}, ... }) -> true | nil, err
+ * Yields until the group coordinator answered.  Partitions this consumer
+ * no longer owns are left out: their new owner reads them again from the
+ * last committed offset (at-least-once). */
+static int l_commit(lua_State *L) {
+  fh__consumer *c = fh__check_open(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 2);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    int ok = lua_istable(L, -1);
+    if (ok) {
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      lua_rawgeti(L, -3, 3);
+      /* offsets are doubles in Lua: keep the conversion to int64 defined */
+      ok = lua_type(L, -3) == LUA_TSTRING && lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TNUMBER &&
+           lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) < 9e18 &&
+           lua_tonumber(L, -2) >= 0 && lua_tonumber(L, -2) <= INT32_MAX;
+      lua_pop(L, 3);
+    }
+    lua_pop(L, 1);
+    if (!ok) return luaL_argerror(L, 2, "expected { {topic, partition, offset}, ... }");
+  }
+  if (n == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_State *co = fh_wait_begin(L);
+  rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(n);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    lua_rawgeti(L, -3, 3);
+    rd_kafka_topic_partition_t *tp =
+        rd_kafka_topic_partition_list_add(offs, lua_tostring(L, -3), (int32_t)lua_tointeger(L, -2));
+    tp->offset = (int64_t)lua_tonumber(L, -1);
+    lua_pop(L, 4);
+  }
+  rd_kafka_offsets_store(c->kc.rk, offs); /* per-partition errors below */
+  rd_kafka_topic_partition_list_t *mine = rd_kafka_topic_partition_list_new(n);
+  for (int i = 0; i < offs->cnt; i++) {
+    if (offs->elems[i].err) {
+      fh_log(FH_LOG_DEBUG, "kafka %s: not committing %s/%d: %s", rd_kafka_name(c->kc.rk),
+             offs->elems[i].topic, (int)offs->elems[i].partition, rd_kafka_err2str(offs->elems[i].err));
+      continue;
+    }
+    rd_kafka_topic_partition_list_add(mine, offs->elems[i].topic, offs->elems[i].partition)->offset =
+        offs->elems[i].offset;
+  }
+  rd_kafka_topic_partition_list_destroy(offs);
+  if (mine->cnt == 0) {
+    rd_kafka_topic_partition_list_destroy(mine);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  fh__commit *r = calloc(1, sizeof *r);
+  if (!r) {
+    rd_kafka_topic_partition_list_destroy(mine);
+    return luaL_error(L, "out of memory");
+  }
+  rd_kafka_resp_err_t err = rd_kafka_commit_queue(c->kc.rk, mine, c->kc.q, fh__commit_cb, r);
+  rd_kafka_topic_partition_list_destroy(mine);
+  if (err) {
+    free(r);
+    return fh_push_error(L, "%s", rd_kafka_err2str(err));
+  }
+  r->co = co;
+  r->next = c->commits;
+  c->commits = r;
+  return lua_yield(L, 0);
+}
+
+/* c:assignment() -> { {topic = , partition = }, ... } */
+static int l_assignment(lua_State *L) {
+  fh__consumer *c = fh__check_open(L, 1);
+  rd_kafka_topic_partition_list_t *parts = NULL;
+  rd_kafka_resp_err_t err = rd_kafka_assignment(c->kc.rk, &parts);
+  if (err) return fh_push_error(L, "%s", rd_kafka_err2str(err));
+  lua_createtable(L, parts->cnt, 0);
+  for (int i = 0; i < parts->cnt; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, parts->elems[i].topic);
+    lua_setfield(L, -2, "topic");
+    lua_pushinteger(L, parts->elems[i].partition);
+    lua_setfield(L, -2, "partition");
+    lua_rawseti(L, -2, i + 1);
+  }
+  rd_kafka_topic_partition_list_destroy(parts);
+  return 1;
+}
+
+/* c:close() -> true.  Waiting polls and commits answer nil, "closed";
+ * yields until the consumer left its group and was destroyed. */
+static int l_close(lua_State *L) {
+  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
+  fh__consumer *c = *box;
+  if (!c || c->kc.state != FH_KAFKA_OPEN) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_State *co = fh_wait_begin(L);
+  fh__give_up(c, 1);
+  c->closer = co;
+  fh_kafka_client_teardown(&c->kc);
+  return lua_yield(L, 0);
+}
+
+static int l_gc(lua_State *L) {
+  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
+  fh__consumer *c = *box;
+  if (!c) return 0;
+  *box = NULL;
+  c->box = NULL;
+  if (c->kc.state != FH_KAFKA_OPEN) {
+    c->closer = NULL; /* a close() whose coroutine is gone with the state */
+    return 0;
+  }
+  fh__give_up(c, 0);
+  fh_kafka_client_teardown(&c->kc);
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
+  if (*box) lua_pushfstring(L, "kafka consumer (%s)", rd_kafka_name((*box)->kc.rk));
+  else lua_pushliteral(L, "kafka consumer (closed)");
+  return 1;
+}
+
+void fh_kafka_consumer_open(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"poll", l_poll}, {"commit", l_commit}, {"assignment", l_assignment}, {"close", l_close},
+    {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
+  fh_new_class(L, FH__CONSUMER, methods);
+  lua_pushcfunction(L, l_consumer);
+  lua_setfield(L, -2, "consumer");
+}
