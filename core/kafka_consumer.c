@@ -166,7 +166,7 @@ static void fh__note_error(fh__consumer *c, rd_kafka_resp_err_t err, const char 
    * as a log line; the poll answer is kept for errors worth acting on. */
   if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF || err == RD_KAFKA_RESP_ERR__TRANSPORT) return;
   fh_log(FH_LOG_WARN, "kafka %s: %s", rd_kafka_name(c->kc.rk), what);
-  snprintf(c->err, sizeof c->err, "%s", what);
+  snprintf(c->err, sizeof c->err, "%.255s", what);
 }
 
 static void fh__error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
