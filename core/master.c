@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <errno.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <dirent.h>
 
@@ -37,6 +38,7 @@ static void fh__write_master_metrics(void);
 static void fh__spawn(int i) {
   char idbuf[16];
   snprintf(idbuf, sizeof idbuf, "%d", i);
+  pid_t master = getpid();
   pid_t pid = fork();
   if (pid < 0) { fh_log(FH_LOG_ERROR, "fork: %s", strerror(errno)); return; }
   if (pid == 0) {
@@ -44,6 +46,12 @@ static void fh__spawn(int i) {
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
+    /* A worker must not outlive its master (killed with SIGKILL, say): it
+     * would keep its port share and its Kafka partitions with nobody to
+     * supervise it.  The signal survives exec; the getppid check closes the
+     * race with a master that died before prctl ran. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != master) _exit(0);
     execl(M.self, M.self, "--worker-id", idbuf, M.app, (char *)NULL);
     fprintf(stderr, "exec %s: %s\n", M.self, strerror(errno));
     _exit(127);

@@ -86,6 +86,14 @@ end
 
 function M.signal(pid, sig) os.execute(("kill -%s %d 2>/dev/null"):format(sig, pid)) end
 
+-- SIGKILL a master and its workers, master first so it cannot replace them.
+function M.kill_all(proc)
+  local kids = M.children(proc.pid)
+  M.signal(proc.pid, "KILL")
+  for _, c in ipairs(kids) do M.signal(c, "KILL") end
+  for _, c in ipairs(M.children(proc.pid)) do M.signal(c, "KILL") end
+end
+
 -- Child pids of a process (the workers of a master).
 function M.children(pid)
   local out = {}
@@ -101,7 +109,7 @@ function M.stop(proc, timeout)
   local ok = pcall(M.wait_for, "exit", function() return not M.alive(proc.pid) end, timeout or 15)
   if not ok then M.signal(proc.pid, "KILL") end
   for _, c in ipairs(M.children(proc.pid)) do M.signal(c, "KILL") end
-  os.remove(proc.log)
+  if os.getenv("KEEP_LOGS") then print("log kept: " .. proc.log) else os.remove(proc.log) end
 end
 
 -- One HTTP/1.1 request on a fresh connection: status, body, headers | nil, err

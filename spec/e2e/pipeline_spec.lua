@@ -1,0 +1,212 @@
+-- The order pipeline end to end, on the real Redis, Kafka and MariaDB of the
+-- test stack: purchase API with its outbox relay -> Kafka -> order worker ->
+-- MySQL, and the cleanup job expiring reservations.  Outages are real: the
+-- stack's servers are stopped and started again.
+local T = require "spec.e2e.support"
+local cjson = require "cjson"
+
+local env = function(k, d) local v = os.getenv(k) return (v and v ~= "") and v or d end
+local REDIS_PORT = env("REDIS_PORT", "6379")
+local OUTAGE = tonumber(env("PIPELINE_OUTAGE_SEC", "30"))
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("*a")
+  local ok = p:close()
+  return out, ok
+end
+
+-- One value from MariaDB (the first column of the first row).
+local function sql(q)
+  local out = sh(("mariadb -h127.0.0.1 -P%s -u%s -p%s %s -N -B -e %s"):format(env("MYSQL_PORT", "3306"),
+    env("MYSQL_USER", "flashuser"), env("MYSQL_PASSWORD", "flashpass"), env("MYSQL_DATABASE", "flash_sale"), T.q(q)))
+  return tonumber(out:match("^(%-?%d+)")) or out:match("^([^\n]*)")
+end
+
+local function redis(...)
+  local args = {}
+  for i, a in ipairs { ... } do args[i] = T.q(a) end
+  return (sh("redis-cli -p " .. REDIS_PORT .. " " .. table.concat(args, " ")):gsub("%s+$", ""))
+end
+
+local function reconcile(sku)
+  local out, ok = sh(("FLASHHOST_BIN=%s scripts/reconcile %s"):format(T.q(T.BIN), sku))
+  return ok == true or ok == 0, out
+end
+
+describe("order pipeline", function()
+  local api, worker, cleanup
+  local sku_seq = 5000 + (os.time() % 1000) * 10
+
+  local function new_sale(fields)
+    sku_seq = sku_seq + 1
+    local sale = { skuId = tostring(sku_seq), name = "Pipeline " .. sku_seq, price = 25, stock = 50 }
+    for k, v in pairs(fields or {}) do sale[k] = v end
+    local s, body = T.json(api.admin, "POST", "/admin/v1/sales", sale)
+    assert.are.equal(201, s, cjson.encode(body))
+    return sale.skuId
+  end
+
+  local user_seq = os.time() % 100000 * 1000
+  local function buy(sku)
+    user_seq = user_seq + 1
+    return T.json(api.port, "POST", "/api/v1/flash/purchase", { userId = tostring(user_seq), skuId = sku, quantity = 1 })
+  end
+
+  local function orders(sku, status)
+    return sql(("SELECT COUNT(*) FROM orders WHERE sku_id = %s%s"):format(sku, status and (" AND status = '" .. status .. "'") or ""))
+  end
+
+  local function wait_orders(sku, n, status, timeout)
+    T.wait_for(("%d %s orders of SKU %s in MySQL"):format(n, status or "", sku), function()
+      return orders(sku, status) == n
+    end, timeout or 30)
+  end
+
+  local function start_worker()
+    return T.start({ "--workers", "1", "app/order_worker.lua" }, { ORDER_BATCH = "100" })
+  end
+
+  setup(function()
+    local out, ok = sh(T.q(T.BIN) .. " --run scripts/topics.lua")
+    assert(ok == true or ok == 0, out)
+    api = T.start({ "--workers", "2", "app/purchase.lua" })
+    worker = start_worker()
+    cleanup = T.start({ "--workers", "1", "app/cleanup.lua" }, { CLEANUP_INTERVAL_MS = "100" })
+  end)
+  teardown(function()
+    T.stop(api)
+    T.stop(worker)
+    T.stop(cleanup)
+  end)
+
+  it("turns N purchases into exactly N orders and N audit rows", function()
+    local sku = new_sale { stock = 50 }
+    local ok_count = 0
+    for _ = 1, 30 do
+      if buy(sku) == 200 then ok_count = ok_count + 1 end
+    end
+    assert.are.equal(30, ok_count)
+    wait_orders(sku, 30, "PENDING")
+    assert.are.equal(30, sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku .. " AND event_type = 'reserved'"))
+    assert.are.equal(30, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
+    assert.are.equal(-30, sql("SELECT SUM(quantity_delta) FROM inventory_audit WHERE sku_id = " .. sku))
+    local rok, out = reconcile(sku)
+    assert.is_true(rok, out)
+  end)
+
+  it("confirms a paid order, returns stock once on cancel and on expiry", function()
+    local sku = new_sale { stock = 3, reservationTtlSec = 2, perUserLimit = 1 }
+    local _, a = buy(sku)
+    local _, b = buy(sku)
+    local _, c = buy(sku)
+    assert.are.equal(410, (buy(sku)))
+
+    local s, paid = T.json(api.port, "POST", "/api/v1/orders/" .. a.orderId .. "/pay", { paymentRef = "card-7" })
+    assert.are.equal(200, s)
+    assert.are.equal("CONFIRMED", paid.status)
+    s = T.json(api.port, "POST", "/api/v1/orders/" .. b.orderId .. "/cancel")
+    assert.are.equal(200, s)
+    local s2, again = T.json(api.port, "POST", "/api/v1/orders/" .. b.orderId .. "/cancel")
+    assert.are.equal(200, s2)
+    assert.are.equal("ALREADY_CANCELED", again.code)
+    assert.are.equal("1", redis("GET", "{sku:" .. sku .. "}:stock"))
+
+    -- c is never paid: the cleanup job expires it and its ticket comes back
+    T.wait_for("the unpaid reservation to expire", function()
+      return redis("GET", "{sku:" .. sku .. "}:stock") == "2"
+    end, 15)
+    wait_orders(sku, 1, "CONFIRMED")
+    wait_orders(sku, 1, "CANCELED")
+    wait_orders(sku, 1, "EXPIRED")
+    assert.are.equal(1, sql("SELECT COUNT(*) FROM payments WHERE order_id = " .. a.orderId))
+    local _, view = T.json(api.port, "GET", "/api/v1/orders/" .. c.orderId)
+    assert.are.equal("EXPIRED", view.status)
+    -- paying after expiry is refused; the ticket can be bought again
+    assert.are.equal(410, (T.json(api.port, "POST", "/api/v1/orders/" .. c.orderId .. "/pay")))
+    assert.are.equal(200, (buy(sku)))
+    T.wait_for("reconcile to agree", function() return reconcile(sku) end, 15)
+  end)
+
+  it("ignores a second delivery of every event", function()
+    local sku = new_sale { stock = 20 }
+    for _ = 1, 10 do assert.are.equal(200, (buy(sku))) end
+    wait_orders(sku, 10)
+    local before_audit = sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku)
+    local _, metrics_before = T.request(worker.admin, "GET", "/metrics")
+    local applied = function(text)
+      local n = 0
+      for v in text:gmatch('order_events_total{type="reserved",outcome="applied"} (%d+)') do n = n + tonumber(v) end
+      return n
+    end
+    local base = applied(metrics_before)
+    -- produce every event of this SKU again, as a broker redelivery would
+    local out, ok = sh(("%s --run spec/e2e/tools/redeliver.lua %s"):format(T.q(T.BIN), sku))
+    assert(ok == true or ok == 0, out)
+    local copies = tonumber(out:match("redelivered (%d+)"))
+    assert.is_true(copies >= 10, out)
+    T.wait_for("the worker to apply the copies", function()
+      local _, m = T.request(worker.admin, "GET", "/metrics")
+      return applied(m) >= base + 10
+    end, 30)
+    assert.are.equal(10, orders(sku))
+    assert.are.equal(before_audit, sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku))
+    assert.are.equal(10, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
+  end)
+
+  it("loses and doubles nothing when the order worker is killed mid-stream", function()
+    local sku = new_sale { stock = 400 }
+    local load = io.popen(("SKUS=%s LIMIT=200 wrk -t2 -c20 -d20s -s bench/wrk/purchase.lua http://127.0.0.1:%d 2>&1")
+      :format(sku, api.port))
+    T.wait_for("some orders to land", function() return orders(sku) > 20 end, 20)
+    T.kill_all(worker)
+    local text = load:read("*a")
+    load:close()
+    -- wrk stops counting at its limit while a few answers are still in flight:
+    -- the reservations in Redis are the authority on what was sold
+    local successes = tonumber(redis("HGET", "{sku:" .. sku .. "}:counts", "reserved"))
+    assert.is_true(successes >= tonumber(text:match("s200=(%d+)")), text)
+    assert.is_true(successes >= 300, text)
+    worker = start_worker()
+    wait_orders(sku, successes, nil, 60)
+    assert.are.equal(successes, sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku .. " AND event_type = 'reserved'"))
+    assert.are.equal(successes, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
+    local rok, rout = reconcile(sku)
+    assert.is_true(rok, rout)
+  end)
+
+  it("keeps selling while Kafka is down and delivers every order after", function()
+    local sku = new_sale { stock = 100 }
+    sh("scripts/stack down kafka")
+    local t_end, sold = T.now() + OUTAGE, 0
+    while T.now() < t_end do
+      local s = buy(sku)
+      assert.are.equal(200, s)
+      sold = sold + 1
+      if sold >= 60 then T.sleep(math.max(0, t_end - T.now())) break end
+      T.sleep(OUTAGE / 60)
+    end
+    local out, ok = sh("scripts/stack up kafka")
+    assert(ok == true or ok == 0, out)
+    wait_orders(sku, sold, "PENDING", 90)
+    local rok, rout = reconcile(sku)
+    assert.is_true(rok, rout)
+  end)
+
+  it("waits for MySQL when it is down and catches up", function()
+    local sku = new_sale { stock = 100 }
+    sh("scripts/stack down mysql")
+    local t_end, sold = T.now() + OUTAGE, 0
+    while T.now() < t_end do
+      assert.are.equal(200, (buy(sku)))
+      sold = sold + 1
+      if sold >= 60 then T.sleep(math.max(0, t_end - T.now())) break end
+      T.sleep(OUTAGE / 60)
+    end
+    local out, ok = sh("scripts/stack up mysql")
+    assert(ok == true or ok == 0, out)
+    wait_orders(sku, sold, "PENDING", 90)
+    local rok, rout = reconcile(sku)
+    assert.is_true(rok, rout)
+  end)
+end)
