@@ -64,7 +64,8 @@
 #define FH__ARGV_STACK 32
 
 enum { FH__DOWN, FH__CONNECTING, FH__UP };
-enum { FH__USER, FH__HELLO, FH__LAST_HELLO }; /* kinds of command */
+/* kinds of command: a task's; the handshake's; ASKING sent just before a task's command */
+enum { FH__USER, FH__HELLO, FH__LAST_HELLO, FH__ASKING };
 
 /* The nil-reply sentinel: a light userdata no other module can produce. */
 static const char fh__null_tag;
@@ -370,7 +371,9 @@ static void fh__on_reply(redisAsyncContext *ac, void *r, void *priv) {
     }
   }
   if (c->kind != FH__USER) {
-    fh__on_hello(cl, ac, c, reply);
+    /* ASKING's +OK says nothing; an error would surface on the command
+     * that follows it (a redirection again), so it is dropped too. */
+    if (c->kind != FH__ASKING) fh__on_hello(cl, ac, c, reply);
     free(c);
     fh__maybe_free(cl);
     return;
@@ -471,6 +474,9 @@ static void fh__connect(fh__rclient *cl) {
   if (cl->closed) return;
   cl->state = FH__CONNECTING;
   cl->abort_reason = NULL;
+  /* The loop's cached time may be old (a client made after the app blocked
+   * for a while at start): refresh it, or the attempt times out at once. */
+  uv_update_time(fh_loop());
   uv_timer_start(&cl->conn_timer, fh__on_conn_timer, cl->connect_timeout_ms, 0);
   unsigned char buf[sizeof(struct in6_addr)];
   if (inet_pton(AF_INET, cl->host, buf) == 1 || inet_pton(AF_INET6, cl->host, buf) == 1) {
@@ -623,8 +629,12 @@ static int fh__refused(const char *cmd, size_t len) {
   return 0;
 }
 
-/* call(cmd, ...) -> value | false, "ERR ..." | nil, reason.  Yields. */
-static int l_call(lua_State *L) {
+/* call(cmd, ...) -> value | false, "ERR ..." | nil, reason.  Yields.
+ * call_asking(cmd, ...): the same, preceded by ASKING (a Redis Cluster ASK
+ * redirection).  ASKING only holds for the next command of its connection,
+ * and the connection is shared: both go into hiredis' output buffer here,
+ * back to back, so no other task's command can land between them. */
+static int fh__call(lua_State *L, int asking) {
   fh__rclient *cl = fh__check_open(L);
   int argc = lua_gettop(L) - 1;
   luaL_argcheck(L, argc >= 1, 2, "command expected");
@@ -662,9 +672,23 @@ static int l_call(lua_State *L) {
     argv = (const char **)(lens + argc);
   }
   for (int i = 0; i < argc; i++) argv[i] = lua_tolstring(L, i + 2, &lens[i]);
-  if (fh__send(cl, FH__USER, co, argc, argv, lens) != 0) return fh_push_error(L, "not connected");
+  if (asking) {
+    const char *aargv[1] = {"ASKING"};
+    size_t alens[1] = {6};
+    if (fh__send(cl, FH__ASKING, NULL, 1, aargv, alens) != 0) return fh_push_error(L, "not connected");
+  }
+  if (fh__send(cl, FH__USER, co, argc, argv, lens) != 0) {
+    /* A lone ASKING would bless whatever command comes next on this
+     * connection: give the connection up (l_close resumes tasks from here
+     * too; fh_wait_resume defers while Lua runs). */
+    if (asking) fh__drop(cl, "cannot queue a command");
+    return fh_push_error(L, "not connected");
+  }
   return lua_yield(L, 0);
 }
+
+static int l_call(lua_State *L) { return fh__call(L, 0); }
+static int l_call_asking(lua_State *L) { return fh__call(L, 1); }
 
 static void fh__on_wait_timer(uv_timer_t *t) {
   fh__rwait *w = t->data;
@@ -746,7 +770,7 @@ static int l_tostring(lua_State *L) {
 
 int luaopen_flashhost_redis_driver(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"call", l_call}, {"wait_ready", l_wait_ready}, {"status", l_status}, {"stats", l_stats},
+    {"call", l_call}, {"call_asking", l_call_asking}, {"wait_ready", l_wait_ready}, {"status", l_status}, {"stats", l_stats},
     {"close", l_close}, {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"new", l_new}, {NULL, NULL}};
   fh_new_class(L, FH__CLASS, methods);

@@ -22,6 +22,10 @@
 -- WATCH, SUBSCRIBE, MONITOR, SELECT, ...) raise: use a script instead, and the
 -- URL for the database.  Blocking commands (BLPOP, ...) stall every coroutine
 -- behind them; give them their own client.
+--
+-- A Redis Cluster (redis-cluster://host:port,host:port... or cluster = {...})
+-- gets a client with this same API from flashhost/redis_cluster.lua; nothing
+-- below changes for a single node.
 local driver = require "flashhost.redis.driver"
 
 local M = { null = driver.null }
@@ -66,7 +70,7 @@ end
 
 -- The URL without its password, for logs and error messages.
 function M.redact(url)
-  return (tostring(url):gsub("^(redis://[^:@/]*):[^@]*@", "%1:***@"))
+  return (tostring(url):gsub("^(redis[%-%a]*://[^:@/]*):[^@]*@", "%1:***@"))
 end
 
 local Client = {}
@@ -76,11 +80,20 @@ Client.__index = Client
 -- -> client.  Returns at once and connects in the background (never yields, so
 -- it may run at app start).  url defaults to $REDIS_URL, then redis://127.0.0.1:6379.
 -- A malformed URL or option raises: that is a configuration bug.
+--
+-- A Redis Cluster: url = "redis-cluster://[[user]:password@]host:port[,host:port...]",
+-- or cluster = { "host:port", ... } (with password, username; refresh_gap_ms)
+-- gives a client with the same API that follows the slot map and MOVED/ASK
+-- redirections (flashhost/redis_cluster.lua).
 function M.connect(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("redis.connect expects a table of options", 2) end
   local url = opts.url or os.getenv("REDIS_URL") or DEFAULT_URL
   if url == "" then url = DEFAULT_URL end
+  if opts.cluster ~= nil or url:find("^redis%-cluster://") then
+    local cluster = require("flashhost.redis_cluster").connect(opts, url)
+    return cluster
+  end
   local cfg, err = M.parse_url(url)
   if not cfg then error(err, 2) end
   local c = driver.new(cfg.host, cfg.port, cfg.db, opts.timeout_ms or 1000, opts.connect_timeout_ms or 1000,
@@ -131,8 +144,9 @@ function Client:script(name, source)
 end
 
 -- r:load_scripts(dir, names) registers dir/<name>.lua for every name; a missing
--- or unreadable file raises (a broken deployment must not start).  Returns the client.
-function Client:load_scripts(dir, names)
+-- or unreadable file raises (a broken deployment must not start).  Returns the
+-- client.  Any client with r:script will do (the cluster client shares it).
+function M.load_scripts(self, dir, names)
   if type(dir) ~= "string" or type(names) ~= "table" then
     error("load_scripts(dir, names): a folder and a list of script names", 2)
   end
@@ -147,6 +161,7 @@ function Client:load_scripts(dir, names)
   end
   return self
 end
+Client.load_scripts = M.load_scripts
 
 -- SCRIPT LOAD; remembers the SHA1 Redis computed.
 local function load_script(c, s)
