@@ -13,8 +13,9 @@
  * Offsets are the application's: enable.auto.commit and
  * enable.auto.offset.store are off.  c:commit stores the offsets (which also
  * tells us which partitions are still ours: storing fails for the others)
- * and commits them with rd_kafka_commit_queue, whose result callback comes
- * back through the same queue; the caller yields until then.
+ * and commits them with rd_kafka_commit_queue, whose result comes back as an
+ * event on a queue of its own (see fh__serve_commits); the caller yields
+ * until then.
  *
  * Rebalances: on revoke, buffered messages of the revoked partitions are
  * dropped (their new owner reads them from the committed offset), stored
@@ -58,6 +59,7 @@ struct fh__consumer {
   size_t head, len, cap, max_buffered;
   fh__pollw *wait_head, *wait_tail;
   fh__commit *commits;      /* in flight, done, or given up */
+  rd_kafka_queue_t *cq;     /* commit results only: served even when buf is full */
   lua_State *closer;
   int close_timeout_ms;
   char err[256];            /* an error seen since the last answer to poll */
@@ -213,12 +215,32 @@ static void fh__rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   fh__rebalance_apply(rk, err, parts);
 }
 
-static void fh__commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                          rd_kafka_topic_partition_list_t *offsets, void *opaque) {
-  fh__commit *r = opaque;
-  for (int i = 0; !err && offsets && i < offsets->cnt; i++) err = offsets->elems[i].err;
-  r->err = err;
-  r->done = 1;
+/* Commit results arrive as events on c->cq, a queue of their own: served on
+ * every wake-up even while the message buffer is full.  (On the consumer
+ * queue they would wait behind messages nobody takes until the commit
+ * returns: a deadlock whenever a backlog fills the buffer.) */
+static void fh__serve_commits(fh__consumer *c) {
+  rd_kafka_event_t *ev;
+  while (c->cq && (ev = rd_kafka_queue_poll(c->cq, 0))) {
+    if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
+      fh__commit *r = rd_kafka_event_opaque(ev);
+      rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+      const rd_kafka_topic_partition_list_t *offsets = rd_kafka_event_topic_partition_list(ev);
+      for (int i = 0; !err && offsets && i < offsets->cnt; i++) err = offsets->elems[i].err;
+      if (r) {
+        r->err = err;
+        r->done = 1;
+      }
+    }
+    rd_kafka_event_destroy(ev);
+  }
+}
+
+static void fh__commit_queue_close(fh__consumer *c) {
+  if (!c->cq) return;
+  rd_kafka_queue_io_event_enable(c->cq, -1, NULL, 0);
+  rd_kafka_queue_destroy(c->cq);
+  c->cq = NULL;
 }
 
 /* ---- serving the queue -------------------------------------------------------- */
@@ -280,6 +302,7 @@ static void fh__serve(fh__consumer *c) {
 static void fh__drain(fh_kafka_client *kc) {
   fh__consumer *c = (fh__consumer *)kc;
   if (kc->state != FH_KAFKA_OPEN) return;
+  fh__serve_commits(c);
   while (c->len < c->max_buffered) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, 0);
     if (!m) break;
@@ -463,6 +486,12 @@ static int l_consumer(lua_State *L) {
   rd_kafka_topic_partition_list_destroy(topics);
   rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(rk);
   int rc = err ? 0 : fh_kafka_client_start(&c->kc, q, FH__TICK_MS);
+  if (!err && rc == 0) {
+    /* same eventfd as the consumer queue: one wake-up serves both */
+    static const uint64_t one = 1;
+    c->cq = rd_kafka_queue_new(rk);
+    rd_kafka_queue_io_event_enable(c->cq, c->kc.efd, &one, sizeof one);
+  }
   if (err || rc) {
     rd_kafka_queue_destroy(q);
     rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
@@ -574,7 +603,7 @@ static int l_commit(lua_State *L) {
     rd_kafka_topic_partition_list_destroy(mine);
     return luaL_error(L, "out of memory");
   }
-  rd_kafka_resp_err_t err = rd_kafka_commit_queue(c->kc.rk, mine, c->kc.q, fh__commit_cb, r);
+  rd_kafka_resp_err_t err = rd_kafka_commit_queue(c->kc.rk, mine, c->cq, NULL, r);
   rd_kafka_topic_partition_list_destroy(mine);
   if (err) {
     free(r);
@@ -617,6 +646,7 @@ static int l_close(lua_State *L) {
   lua_State *co = fh_wait_begin(L);
   fh__give_up(c, 1);
   c->closer = co;
+  fh__commit_queue_close(c);
   fh_kafka_client_teardown(&c->kc);
   return lua_yield(L, 0);
 }
@@ -632,6 +662,7 @@ static int l_gc(lua_State *L) {
     return 0;
   }
   fh__give_up(c, 0);
+  fh__commit_queue_close(c);
   fh_kafka_client_teardown(&c->kc);
   return 0;
 }

@@ -190,6 +190,28 @@ describe("flashhost.kafka", function()
     for _, m in ipairs(again) do assert.matches("^new%-", m.value) end
   end)
 
+  it("commits while a backlog fills the consumer's buffer", function()
+    local topic, group = name("backlog"), name("backlog-group")
+    create(topic, 1)
+    local msgs = {}
+    for i = 1, 300 do msgs[i] = { key = "b" .. i, value = "v" .. i } end
+    assert.equal(300, (producer:produce_batch(topic, msgs)))
+    -- a buffer far smaller than the backlog: the commit result must still
+    -- reach us while unread messages wait in front of it
+    local c = assert(kafka.consumer{ brokers = BROKERS, group = group, topics = { topic }, max_buffered = 20 })
+    local seen = 0
+    local deadline = core.now() + 20000
+    while seen < 300 and core.now() < deadline do
+      local got = assert(c:poll(10, 1000))
+      if #got > 0 then
+        assert.is_true(c:commit(got))
+        seen = seen + #got
+      end
+    end
+    assert.is_true(c:close())
+    assert.equal(300, seen)
+  end)
+
   it("an uncommitted batch is delivered again to the next member", function()
     local topic, group = name("redeliver"), name("redeliver-group")
     create(topic, 1)
