@@ -144,5 +144,6 @@ orders.routes(app, {
   subject = function(req) return auth.subject(auth_cfg, req, jwt.verify_hs256, core.now()) end,
 })
 admin.routes(app, { rules = rules, sold_out = sold_out })
+require("lib.live").routes(app, { rules = rules })
 
 return app

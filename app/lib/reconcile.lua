@@ -13,7 +13,7 @@ local STATUS_FIELD = { PENDING = "reserved", CONFIRMED = "sold", CANCELED = "can
 
 -- Returns the report: report.ok, and report.differences listing what disagrees (absent when ok).
 function M.sku(redis, db, sku)
-  local st, kind, err = stock.status(redis, sku)
+  local st, kind, err = stock.status(redis, sku, true)
   if not st then return nil, kind .. ": " .. tostring(err) end
   if st.code == "NO_SALE" then return nil, "no sale for SKU " .. sku end
   local c = st.counts

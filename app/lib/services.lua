@@ -30,10 +30,12 @@ function M.define_metrics()
     { "operation" })
   m.kafka = metrics.histogram("kafka_produce_latency_seconds", "Outbox event to Kafka delivery.",
     { "topic" })
-  m.active = metrics.gauge("active_reservations", "Pending reservations, per SKU.", { "sku" })
-  m.available = metrics.gauge("sku_available_tickets", "Tickets available, per SKU.", { "sku" })
-  m.sold = metrics.gauge("sku_sold_tickets", "Tickets sold (paid), per SKU.", { "sku" })
-  m.backlog = metrics.gauge("outbox_backlog", "Outbox events not yet delivered to Kafka, per SKU.", { "sku" })
+  -- read from Redis at scrape time: the scraping worker's value, never summed over workers
+  local shared = { shared = true }
+  m.active = metrics.gauge("active_reservations", "Pending reservations, per SKU.", { "sku" }, shared)
+  m.available = metrics.gauge("sku_available_tickets", "Tickets available, per SKU.", { "sku" }, shared)
+  m.sold = metrics.gauge("sku_sold_tickets", "Tickets sold (paid), per SKU.", { "sku" }, shared)
+  m.backlog = metrics.gauge("outbox_backlog", "Outbox events not yet delivered to Kafka, per SKU.", { "sku" }, shared)
   m.lag = metrics.gauge("consumer_lag", "Messages behind in the order worker's partitions.", { "topic" })
   m.events = metrics.counter("order_events_total", "Events applied to MySQL by type and outcome.",
     { "type", "outcome" })
@@ -53,7 +55,7 @@ local function verbs(m)
 end
 
 -- Per-SKU gauges come from Redis at scrape time (the truth, not a counter
--- that could drift): status.lua for every SKU in the sale list.
+-- that could drift): one O(1) status read per SKU in the sale list.
 local function refresh_sku_gauges(ctx, m)
   if not ctx.redis then return end
   local stock = require "lib.stock"

@@ -59,9 +59,12 @@ function M.expire(redis, sku, limit, traceId)
     { limit or 100, traceId or "" }))
 end
 
-function M.status(redis, sku)
+-- status(redis, sku [, deep]): O(1) unless `deep`, which also sums the
+-- pending reservations (pendingQuantity) for reconciliation.
+function M.status(redis, sku, deep)
   local k = prefix(sku)
-  return decode(redis:evalsha("status", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" }, {}))
+  return decode(redis:evalsha("status", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
+    { deep and "deep" or "" }))
 end
 
 -- sale: the validated admin body (see lib/validate.sale).

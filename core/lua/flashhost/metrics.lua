@@ -46,8 +46,18 @@ local function define(kind, name, help, label_names, buckets)
   return setmetatable({ kind = kind, name = name, labels = label_names or {} }, Metric)
 end
 
+-- Gauges whose value is read from a shared source at scrape time (the same
+-- in every process, e.g. a SKU's stock in Redis): a scrape reports the
+-- scraping process's own fresh value; the other processes' snapshots, which
+-- would add up to N times the value, are left out.
+local shared = {}
+
 function M.counter(name, help, labels) return define("counter", name, help, labels) end
-function M.gauge(name, help, labels) return define("gauge", name, help, labels) end
+-- opts.shared: see above.
+function M.gauge(name, help, labels, opts)
+  if opts and opts.shared then shared[name] = true end
+  return define("gauge", name, help, labels)
+end
 function M.histogram(name, help, labels, buckets)
   return define("histogram", name, help, labels, buckets or DEFAULT_BUCKETS)
 end
@@ -122,6 +132,17 @@ local function write_atomic(path, text)
   return os.rename(tmp, path)
 end
 
+-- The text without the shared gauges' lines (HELP, TYPE and samples).
+local function without_shared(text)
+  if next(shared) == nil then return text end
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    local name = line:match("^# %u+ ([%w_:]+)") or line:match("^([%w_:]+)")
+    if not (name and shared[name]) then out[#out + 1] = line end
+  end
+  return #out > 0 and table.concat(out, "\n") .. "\n" or ""
+end
+
 -- Writes this worker's snapshot (cheap: tmpfs).
 local made_dir
 function M.publish()
@@ -130,7 +151,7 @@ function M.publish()
     core.mkdir(dir)
     made_dir = dir
   end
-  write_atomic(("%s/worker-%d.prom"):format(dir, core.info().worker_id), M.render())
+  write_atomic(("%s/worker-%d.prom"):format(dir, core.info().worker_id), without_shared(M.render()))
 end
 
 -- Every worker's samples summed, this worker's fresh.
@@ -141,12 +162,142 @@ function M.render_all()
   for i = 0, 63 do
     if i ~= me then
       local f = io.open(("%s/worker-%d.prom"):format(dir, i))
-      if f then texts[#texts + 1] = f:read("*a"); f:close() end
+      if f then texts[#texts + 1] = without_shared(f:read("*a")); f:close() end
     end
   end
   local f = io.open(dir .. "/master.prom")
   if f then texts[#texts + 1] = f:read("*a"); f:close() end
   return M.merge(texts)
+end
+
+-- ------------------------------------------------------------ reading back
+
+-- One sample line: name, labels, value | nil.  Label values may hold escaped
+-- quotes, commas and braces.
+local function parse_line(line)
+  local name, i = line:match("^([%w_:]+)()")
+  if not name then return nil end
+  local labels = {}
+  if line:sub(i, i) == "{" then
+    i = i + 1
+    while true do
+      local close = line:match("^%s*}()", i)
+      if close then i = close break end
+      local k, j = line:match("^%s*([%w_]+)%s*=%s*\"()", i)
+      if not k then return nil end
+      local v = {}
+      while true do
+        local c = line:sub(j, j)
+        if c == "" then return nil end
+        if c == "\\" then
+          local n = line:sub(j + 1, j + 1)
+          v[#v + 1] = n == "n" and "\n" or n
+          j = j + 2
+        elseif c == '"' then
+          j = j + 1
+          break
+        else
+          v[#v + 1] = c
+          j = j + 1
+        end
+      end
+      labels[k] = table.concat(v)
+      i = line:match("^%s*,()", j) or j
+    end
+  end
+  local word = line:match("^%s+(%S+)", i)
+  if not word then return nil end
+  local value = tonumber(word)
+  if value == nil then
+    if word == "+Inf" then value = math.huge
+    elseif word == "-Inf" then value = -math.huge
+    elseif word == "NaN" then value = 0 / 0
+    else return nil end
+  end
+  return name, labels, value
+end
+
+-- Parses Prometheus text into a list of samples { name =, labels = {k = v}, value = }
+-- (comments skipped, unreadable lines skipped).
+function M.parse(text)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) ~= "#" then
+      local name, labels, value = parse_line(line)
+      if name then out[#out + 1] = { name = name, labels = labels, value = value } end
+    end
+  end
+  return out
+end
+
+-- Every worker's samples summed, as a list (see M.parse).
+function M.samples()
+  return M.parse(M.render_all())
+end
+
+local function matches(labels, want)
+  for k, v in pairs(want or {}) do
+    if labels[k] ~= tostring(v) then return false end
+  end
+  return true
+end
+
+-- Sum of the samples called `name` whose labels include every `match` pair.
+function M.sum(samples, name, match)
+  local total = 0
+  for _, s in ipairs(samples) do
+    if s.name == name and matches(s.labels, match) then total = total + s.value end
+  end
+  return total
+end
+
+-- The q-quantile (0..1) of cumulative histogram buckets { {le = upper bound,
+-- count = observations <= le}, ... } (any order, with le = math.huge for
+-- +Inf), interpolated linearly inside the bucket as Prometheus's
+-- histogram_quantile does.  nil when there are no observations.  Above the
+-- highest finite bound it answers that bound.
+function M.quantile(q, buckets)
+  local b = {}
+  for i, x in ipairs(buckets) do b[i] = { le = x.le, count = x.count } end
+  table.sort(b, function(x, y) return x.le < y.le end)
+  if #b == 0 or b[#b].le ~= math.huge then return nil end
+  for i = 2, #b do -- counts merged from several sources may step back a little
+    if b[i].count < b[i - 1].count then b[i].count = b[i - 1].count end
+  end
+  local total = b[#b].count
+  if total <= 0 then return nil end
+  if q <= 0 then return 0 end
+  if q >= 1 then return #b > 1 and b[#b - 1].le or nil end
+  local rank = q * total
+  local i = 1
+  while b[i].count < rank do i = i + 1 end
+  if b[i].le == math.huge then return #b > 1 and b[#b - 1].le or nil end
+  local lo, below = 0, 0
+  if i > 1 then lo, below = b[i - 1].le, b[i - 1].count end
+  local inside = b[i].count - below
+  if inside <= 0 then return b[i].le end
+  return lo + (b[i].le - lo) * ((rank - below) / inside)
+end
+
+-- The buckets of histogram `name` summed over the series whose labels include
+-- every `match` pair: { {le =, count =}, ... } for M.quantile.
+function M.buckets(samples, name, match)
+  local by_le = {}
+  for _, s in ipairs(samples) do
+    if s.name == name .. "_bucket" and s.labels.le and matches(s.labels, match) then
+      local le = s.labels.le == "+Inf" and math.huge or tonumber(s.labels.le)
+      if le then by_le[le] = (by_le[le] or 0) + s.value end
+    end
+  end
+  local out = {}
+  for le, count in pairs(by_le) do out[#out + 1] = { le = le, count = count } end
+  table.sort(out, function(x, y) return x.le < y.le end)
+  return out
+end
+
+-- histogram_quantile over the matching series of `name`; nil without observations.
+function M.histogram_quantile(samples, name, q, match)
+  return M.quantile(q, M.buckets(samples, name, match))
 end
 
 return M
