@@ -24,7 +24,7 @@ services.install(app, { required = { redis = true } })
 app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL") }
   ctx.redis:load_scripts(services.scripts_dir(), { "expire", "lease" })
-  ctx.owner = ("%s:%d:%d"):format(os.getenv("HOSTNAME") or "host", ctx.info.node_id, ctx.info.pid)
+  ctx.owner = ("%s:%d:%d"):format(ctx.info.hostname or "host", ctx.info.node_id, ctx.info.pid)
   ctx.dependencies = { redis = services.redis_check(ctx.redis) }
 end)
 

@@ -69,17 +69,22 @@ end)
 -- still be running when it is told to stop; the clients close when the
 -- drained generation's Lua state is collected.
 
--- After a purchase succeeds the order id is indexed, off the response path:
--- commands on one connection run in order, so a pay that follows finds it.
+-- After a purchase succeeds the order id is indexed without waiting for the
+-- reply: the command is sent before the answer leaves, so a pay that follows
+-- (on any worker or node) reaches Redis after it.
 local function index_order(r, a, sku, ttl_sec)
   r:call("SET", stock.order_key(a.orderId), sku .. ":" .. a.reservationId,
     "EX", math.floor(ttl_sec) + 86400)
 end
 
--- Marks a SKU sold out in this worker, with the keys that must still reach Redis.
+-- Marks a SKU sold out in this worker, with the keys that must still reach
+-- Redis.  One fetch per SKU at a time (sold_out:begin_fetch).
 local function mark_sold_out(r, sku, remaining)
   local okkeys = r:call("SMEMBERS", stock.prefix(sku) .. "okkeys")
-  if type(okkeys) ~= "table" then okkeys = {} end
+  if type(okkeys) ~= "table" then
+    sold_out:clear(sku) -- could not read them: no mark, the next SOLD_OUT tries again
+    return
+  end
   sold_out:mark(sku, remaining, okkeys, rules.sold_out_mark_ms, core.now())
 end
 
@@ -107,16 +112,19 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   local a, kind, detail = stock.purchase(ctx.redis, p, ids, rules)
   ctx.metrics.redis("purchase", (core.mono() - t_redis) / 1000)
   if not a then
+    sold_out:probe_failed(p.skuId)
     ctx.log.warn("purchase not processed", { request_id = req.id, kind = kind, err = detail })
     ctx.metrics.purchase("error", kind)
     if kind == "unavailable" then return answers.unavailable(rules, detail) end
     return answers.internal()
   end
   local final = a.code == "REPLAY" and a.result or a
+  sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
+    -- spawned tasks start at once: the SET is on the wire before this answer
     core.spawn(index_order, ctx.redis, final, p.skuId, rules.reservation_ttl_sec)
-  elseif final.code == "SOLD_OUT" then
+  elseif final.code == "SOLD_OUT" and sold_out:begin_fetch(p.skuId, core.now()) then
     core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining)
   end
   ctx.metrics.purchase(final.code == "OK" and "success" or "rejected", a.code == "REPLAY" and "replay" or final.code)

@@ -79,6 +79,8 @@ lua_State *fh_gen_L(fh_gen *g);
  * Returns 0, or -1 if the generation refuses new work.
  */
 int fh_task_spawn(fh_gen *g, lua_State *from, int nargs);
+/* Same, but the task runs at once even when called from Lua (see sched.c). */
+int fh_task_spawn_now(fh_gen *g, lua_State *from, int nargs);
 
 /* Pins nothing (tasks are pinned until they end); checks that the running
  * coroutine may yield and returns it. Raises a Lua error otherwise. */

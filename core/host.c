@@ -36,7 +36,7 @@ static int l_log_write(lua_State *L) {
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 1;
-  if (fh_task_spawn(fh_gen_of(L), L, nargs) != 0) return fh_push_error(L, "stopping");
+  if (fh_task_spawn_now(fh_gen_of(L), L, nargs) != 0) return fh_push_error(L, "stopping");
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -77,6 +77,12 @@ static int l_info(lua_State *L) {
   lua_pushinteger(L, fh_master_pid()); lua_setfield(L, -2, "master_pid");
   lua_pushinteger(L, fh_gen_id(fh_gen_of(L))); lua_setfield(L, -2, "generation");
   lua_pushstring(L, FH_VERSION); lua_setfield(L, -2, "version");
+  char host[256];
+  if (gethostname(host, sizeof host) == 0) {
+    host[sizeof host - 1] = 0;
+    lua_pushstring(L, host);
+    lua_setfield(L, -2, "hostname");
+  }
   return 1;
 }
 

@@ -82,7 +82,7 @@ void fh_sched_close(void) {
   fh__queue = NULL; fh__qlen = fh__qcap = 0;
 }
 
-int fh_task_spawn(fh_gen *g, lua_State *from, int nargs) {
+static int fh__spawn(fh_gen *g, lua_State *from, int nargs, int now) {
   if (!fh_gen_accepts(g)) { lua_pop(from, nargs + 1); return -1; }
   lua_State *co = lua_newthread(from);
   lua_getfield(from, LUA_REGISTRYINDEX, "fh.tasks");
@@ -92,10 +92,17 @@ int fh_task_spawn(fh_gen *g, lua_State *from, int nargs) {
   lua_pop(from, 2);
   lua_xmove(from, co, nargs + 1);
   fh_gen_task_started(g);
-  if (fh__depth > 0) fh__defer(co, nargs);
+  if (fh__depth > 0 && !now) fh__defer(co, nargs);
   else fh__run(co, nargs);
   return 0;
 }
+
+int fh_task_spawn(fh_gen *g, lua_State *from, int nargs) { return fh__spawn(g, from, nargs, 0); }
+
+/* From a running task: the new task runs until its first yield before this
+ * returns (a nested resume, as coroutine.resume does), so I/O it starts is
+ * sent before the caller's next step, e.g. before a response is written. */
+int fh_task_spawn_now(fh_gen *g, lua_State *from, int nargs) { return fh__spawn(g, from, nargs, 1); }
 
 lua_State *fh_wait_begin(lua_State *L) {
   if (!lua_isyieldable(L) || lua_pushthread(L)) {

@@ -28,7 +28,9 @@ end
 local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.q = shell_quote
 
-local next_port = 31000 + (tonumber(tostring(os.time()):sub(-3)) or 0) * 7 % 4000
+-- below the kernel's ephemeral range (32768+), so an outgoing connection
+-- cannot be holding the port we pick
+local next_port = 20000 + (tonumber(tostring(os.time()):sub(-3)) or 0) * 7 % 8000
 -- A port nobody listens on (checked), distinct for each call.
 function M.free_port()
   for _ = 1, 100 do
