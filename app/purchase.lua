@@ -122,8 +122,10 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
-    -- spawned tasks start at once: the SET is on the wire before this answer
+    -- the spawned task queues the SET at once; flush puts it on the wire
+    -- before this answer leaves, so a pay on any worker comes after it
     core.spawn(index_order, ctx.redis, final, p.skuId, rules.reservation_ttl_sec)
+    ctx.redis:flush()
   elseif final.code == "SOLD_OUT" and sold_out:begin_fetch(p.skuId, core.now()) then
     core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining)
   end
