@@ -162,10 +162,17 @@ describe("deploy files", function()
           end
         end
       end
-      -- Prometheus reads deploy/prometheus/prometheus.yml through its mount
+      -- Prometheus reads the compose variant of its config (targets are the
+      -- compose services, not 127.0.0.1) through its mount
       local cfg = services.prometheus.command[1]:match("^%-%-config%.file=/etc/prometheus/(.+)$")
-      assert.are.equal("prometheus.yml", cfg)
+      assert.are.equal("prometheus-compose.yml", cfg)
       assert.is_true(exists("deploy/prometheus/" .. cfg))
+      local text = assert(io.open("deploy/prometheus/" .. cfg)):read("*a")
+      for _, target in ipairs { "api1:9145", "api2:9145", "order-worker:9146", "cleanup:9147" } do
+        assert.truthy(text:find(target, 1, true), cfg .. " scrapes " .. target)
+        local svc = target:match("^([%w%-]+)")
+        assert.is_table(services[svc], "service " .. svc .. " exists")
+      end
     end)
   end)
 
