@@ -161,6 +161,16 @@ local function consume(ctx)
   ctx.db:close()
 end
 
+-- consumer_lag: what this worker's partitions still hold, from librdkafka's
+-- last fetch (no broker call); each worker owns other partitions, so the
+-- workers' values add up.
+app:every(1000, "consumer-lag", function(ctx)
+  if core.stopping() or not ctx.consumer then return end
+  for topic, n in pairs(ctx.consumer:lag() or {}) do
+    ctx.metrics.raw.lag:set({ topic = topic }, n)
+  end
+end)
+
 app:on_start(function(ctx)
   ctx.db = mysql.pool {}
   ctx.producer = kafka.producer { brokers = brokers() }

@@ -634,6 +634,43 @@ static int l_assignment(lua_State *L) {
   return 1;
 }
 
+/* c:lag() -> { [topic] = messages } : for each assigned partition, the high
+ * watermark librdkafka last saw (updated by every fetch; no broker call) minus
+ * the position handed to us, plus what waits in our own buffer.  Partitions
+ * with no position yet count from their low watermark. */
+static int l_lag(lua_State *L) {
+  fh__consumer *c = fh__check_open(L, 1);
+  rd_kafka_topic_partition_list_t *parts = NULL;
+  rd_kafka_resp_err_t err = rd_kafka_assignment(c->kc.rk, &parts);
+  if (err) return fh_push_error(L, "%s", rd_kafka_err2str(err));
+  rd_kafka_position(c->kc.rk, parts);
+  lua_newtable(L);
+  for (int i = 0; i < parts->cnt; i++) {
+    rd_kafka_topic_partition_t *p = &parts->elems[i];
+    int64_t lo = 0, hi = 0;
+    if (rd_kafka_get_watermark_offsets(c->kc.rk, p->topic, p->partition, &lo, &hi) != 0 || hi < 0) continue;
+    int64_t pos = p->offset >= 0 ? p->offset : lo;
+    int64_t behind = hi > pos ? hi - pos : 0;
+    lua_getfield(L, -1, p->topic);
+    lua_Number sum = lua_tonumber(L, -1) + (lua_Number)behind;
+    lua_pop(L, 1);
+    lua_pushnumber(L, sum);
+    lua_setfield(L, -2, p->topic);
+  }
+  rd_kafka_topic_partition_list_destroy(parts);
+  /* messages fetched but not yet polled by the app are behind too */
+  for (size_t i = 0; i < c->len; i++) {
+    rd_kafka_message_t *m = c->buf[c->head + i];
+    const char *t = rd_kafka_topic_name(m->rkt);
+    lua_getfield(L, -1, t);
+    lua_Number sum = lua_tonumber(L, -1) + 1;
+    lua_pop(L, 1);
+    lua_pushnumber(L, sum);
+    lua_setfield(L, -2, t);
+  }
+  return 1;
+}
+
 /* c:close() -> true.  Waiting polls and commits answer nil, "closed";
  * yields until the consumer left its group and was destroyed. */
 static int l_close(lua_State *L) {
@@ -676,7 +713,7 @@ static int l_tostring(lua_State *L) {
 
 void fh_kafka_consumer_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"poll", l_poll}, {"commit", l_commit}, {"assignment", l_assignment}, {"close", l_close},
+    {"poll", l_poll}, {"commit", l_commit}, {"assignment", l_assignment}, {"lag", l_lag}, {"close", l_close},
     {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
   fh_new_class(L, FH__CONSUMER, methods);
   lua_pushcfunction(L, l_consumer);

@@ -199,6 +199,8 @@ describe("flashhost.kafka", function()
     -- a buffer far smaller than the backlog: the commit result must still
     -- reach us while unread messages wait in front of it
     local c = assert(kafka.consumer{ brokers = BROKERS, group = group, topics = { topic }, max_buffered = 20 })
+    -- lag: once fetching started, the backlog shows; at the end it is gone
+    assert.is_true(wait_for(function() return (c:lag()[topic] or 0) > 0 end, 20000))
     local seen = 0
     local deadline = core.now() + 20000
     while seen < 300 and core.now() < deadline do
@@ -208,6 +210,7 @@ describe("flashhost.kafka", function()
         seen = seen + #got
       end
     end
+    assert.equal(0, c:lag()[topic] or 0)
     assert.is_true(c:close())
     assert.equal(300, seen)
   end)

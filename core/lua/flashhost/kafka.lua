@@ -225,6 +225,12 @@ function Consumer:assignment()
   return self._c:assignment()
 end
 
+-- c:lag() -> { [topic] = messages behind } over this member's partitions, from
+-- what librdkafka last saw (no broker round trip).
+function Consumer:lag()
+  return self._c:lag()
+end
+
 -- c:close() -> true: leaves the group (bounded) and destroys the handle.
 function Consumer:close()
   return self._c:close()
