@@ -69,12 +69,18 @@ end)
 -- still be running when it is told to stop; the clients close when the
 -- drained generation's Lua state is collected.
 
--- After a purchase succeeds the order id is indexed without waiting for the
--- reply: the command is sent before the answer leaves, so a pay that follows
--- (on any worker or node) reaches Redis after it.
-local function index_order(r, a, sku, ttl_sec)
-  r:call("SET", stock.order_key(a.orderId), sku .. ":" .. a.reservationId,
-    "EX", math.floor(ttl_sec) + 86400)
+-- The order index (order:<id> -> "sku:reservation") is written just before
+-- the script, on the same connection, so Redis has it before the purchase
+-- answer exists: a pay that follows on any worker finds it.  It starts with
+-- a short life, which a successful purchase extends; a refused one leaves a
+-- key that vanishes on its own.
+local INDEX_FIRST_TTL = 60
+local function index_order(r, orderId, sku, resId)
+  r:call("SET", stock.order_key(orderId), sku .. ":" .. resId, "EX", INDEX_FIRST_TTL)
+end
+
+local function keep_index(r, orderId, ttl_sec)
+  r:call("EXPIRE", stock.order_key(orderId), math.floor(ttl_sec) + 86400)
 end
 
 -- Marks a SKU sold out in this worker, with the keys that must still reach
@@ -108,6 +114,7 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   end
 
   local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }
+  core.spawn(index_order, ctx.redis, ids.orderId, p.skuId, ids.reservationId) -- queued before the script
   local t_redis = core.mono()
   local a, kind, detail = stock.purchase(ctx.redis, p, ids, rules)
   ctx.metrics.redis("purchase", (core.mono() - t_redis) / 1000)
@@ -122,10 +129,7 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
-    -- the spawned task queues the SET at once; flush puts it on the wire
-    -- before this answer leaves, so a pay on any worker comes after it
-    core.spawn(index_order, ctx.redis, final, p.skuId, rules.reservation_ttl_sec)
-    ctx.redis:flush()
+    core.spawn(keep_index, ctx.redis, final.orderId, rules.reservation_ttl_sec)
   elseif final.code == "SOLD_OUT" and sold_out:begin_fetch(p.skuId, core.now()) then
     core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining)
   end

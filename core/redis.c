@@ -744,15 +744,6 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-/* flush(): writes the commands queued so far now, instead of when the loop
- * next finds the socket writable.  For a command that must be on the wire
- * before the caller's next step (e.g. before an HTTP answer leaves). */
-static int l_flush(lua_State *L) {
-  fh__rclient *cl = fh__check(L);
-  if (cl->state == FH__UP && cl->ac) redisAsyncHandleWrite(cl->ac);
-  return 0;
-}
-
 /* close(): pending calls answer nil, "closed"; later calls raise. */
 static int l_close(lua_State *L) {
   fh__close(fh__check(L), 1);
@@ -779,7 +770,7 @@ static int l_tostring(lua_State *L) {
 
 int luaopen_flashhost_redis_driver(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"call", l_call}, {"call_asking", l_call_asking}, {"wait_ready", l_wait_ready}, {"status", l_status}, {"stats", l_stats}, {"flush", l_flush},
+    {"call", l_call}, {"call_asking", l_call_asking}, {"wait_ready", l_wait_ready}, {"status", l_status}, {"stats", l_stats},
     {"close", l_close}, {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"new", l_new}, {NULL, NULL}};
   fh_new_class(L, FH__CLASS, methods);

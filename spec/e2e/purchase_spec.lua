@@ -168,6 +168,14 @@ describe("purchase API", function()
     assert.are.equal("SERVICE_UNAVAILABLE", b.error)
     assert.are.equal("1", h["retry-after"])
     T.wait_for("purchases to work again", function() return (buy("7002", sku)) == 200 end, 20)
+    -- every worker reconnects on its own backoff: wait until a run of fresh
+    -- connections (spread over the workers by the kernel) all find Redis ready
+    T.wait_for("every worker ready", function()
+      for _ = 1, 20 do
+        if T.request(app.port, "GET", "/ready") ~= 200 then return false end
+      end
+      return true
+    end, 20)
   end)
 
   it("never oversells: 20,000 requests on 200 connections for 1,000 tickets", function()

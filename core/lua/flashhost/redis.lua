@@ -123,12 +123,6 @@ function Client:status()
   return self._c:status()
 end
 
--- r:flush(): puts the commands queued so far on the wire now (they are
--- otherwise written when the loop next polls the socket).  Never yields.
-function Client:flush()
-  self._c:flush()
-end
-
 -- r:stats() -> { inflight, waiting, connects, losses, timeouts }
 function Client:stats()
   return self._c:stats()

@@ -455,11 +455,6 @@ function Cluster:wait_ready(ms)
   return true
 end
 
--- r:flush(): every node's queued commands on the wire now.
-function Cluster:flush()
-  for _, n in pairs(self._nodes) do n.c:flush() end
-end
-
 -- r:status() -> "connected" (map known, every master up) | "connecting"
 -- (no map yet) | "disconnected", and a reason when not connected.
 function Cluster:status()
