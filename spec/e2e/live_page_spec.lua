@@ -10,18 +10,7 @@ local REDIS_URL = os.getenv("REDIS_URL") or ("redis://127.0.0.1:" .. REDIS_PORT)
 -- The last screenshot stays here to be looked at.
 local SCREENSHOT = os.getenv("LIVE_PAGE_PNG") or "/tmp/flashhost-live-page.png"
 
--- A free port that can also be bound now (T.free_port only sees listeners).
-local function port()
-  for _ = 1, 50 do
-    local p = T.free_port()
-    local s = socket.bind("127.0.0.1", p)
-    if s then
-      s:close()
-      return p
-    end
-  end
-  error("no free port")
-end
+local port = T.free_port
 
 local function read(path)
   local f = io.open(path, "rb")

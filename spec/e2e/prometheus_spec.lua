@@ -9,19 +9,7 @@ local REDIS_PORT = os.getenv("REDIS_PORT") or "6379"
 local REDIS_URL = os.getenv("REDIS_URL") or ("redis://127.0.0.1:" .. REDIS_PORT)
 local PURCHASE_ROUTE = "/api/v1/flash/purchase"
 
--- A free port that can also be bound now (T.free_port only sees listeners; a
--- port in the ephemeral range may be the local end of some connection).
-local function port()
-  for _ = 1, 50 do
-    local p = T.free_port()
-    local s = socket.bind("127.0.0.1", p)
-    if s then
-      s:close()
-      return p
-    end
-  end
-  error("no free port")
-end
+local port = T.free_port
 
 -- Runs a shell command: exit code, output (stdout and stderr).
 local function sh(cmd)

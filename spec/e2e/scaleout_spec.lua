@@ -15,30 +15,10 @@ local function env(k, d)
 end
 local REDIS_PORT = env("REDIS_PORT", "6379")
 
--- Ports for the processes started here, below the kernel's ephemeral range (32768-)
--- so that no outgoing connection of the test can hold one when a server binds it.
-local port_seq = 22000 + (os.time() % 450) * 20
-local function free_port()
-  for _ = 1, 500 do
-    port_seq = port_seq + 1
-    if port_seq >= 32000 then port_seq = 22000 end
-    local c = socket.tcp()
-    c:settimeout(0.05)
-    local ok = c:connect("127.0.0.1", port_seq)
-    c:close()
-    if not ok then return port_seq end
-  end
-  error("no free port")
-end
+local free_port = T.free_port
 local function ports() return { port = free_port(), admin = free_port() } end
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return out:gsub("rc=%d+%s*$", ""), rc
-end
+local sh = T.sh
 
 -- Rows of a query as arrays of strings (tab-separated batch output).
 local function sql(q)

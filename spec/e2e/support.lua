@@ -25,21 +25,37 @@ function M.wait_for(what, fn, timeout)
   error(("timed out waiting for %s (last: %s)"):format(what, tostring(last)), 2)
 end
 
+-- Runs a shell command: its output (stdout and stderr) and exit code.
+function M.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return (out:gsub("rc=%d+%s*$", "")), rc
+end
+
 local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.q = shell_quote
 
 -- below the kernel's ephemeral range (32768+), so an outgoing connection
 -- cannot be holding the port we pick
 local next_port = 20000 + (tonumber(tostring(os.time()):sub(-3)) or 0) * 7 % 8000
--- A port nobody listens on (checked), distinct for each call.
+-- A port nobody listens on and that can be bound now, distinct for each call.
 function M.free_port()
-  for _ = 1, 100 do
+  for _ = 1, 500 do
     next_port = next_port + 1
+    if next_port >= 32000 then next_port = 20000 end
     local c = socket.tcp()
     c:settimeout(0.05)
-    local ok = c:connect("127.0.0.1", next_port)
+    local listening = c:connect("127.0.0.1", next_port)
     c:close()
-    if not ok then return next_port end
+    if not listening then
+      local b = socket.bind("127.0.0.1", next_port)
+      if b then
+        b:close()
+        return next_port
+      end
+    end
   end
   error("no free port")
 end
