@@ -29,6 +29,7 @@ static struct {
   uv_loop_t *loop;
   const char *self, *app;
   int n, stopping, alive, boot_failures;
+  uint64_t stop_requested; /* loop time of the first stop signal */
   fh__child kids[FH_MAX_WORKERS];
   uv_signal_t sig_chld, sig_hup, sig_term, sig_int;
 } M;
@@ -145,8 +146,15 @@ static void fh__on_signal(uv_signal_t *s, int signum) {
     case SIGCHLD: fh__reap(); break;
     case SIGHUP: fh_log(FH_LOG_INFO, "reload requested"); fh__signal_all(SIGHUP); break;
     default:
-      if (M.stopping) { fh__signal_all(SIGKILL); break; } /* second request: no more waiting */
+      /* A second request a while after the first means "no more waiting".
+       * Right after the first it is the same request arriving twice (Ctrl-C
+       * reaches the whole process group, and a supervisor may add SIGTERM). */
+      if (M.stopping) {
+        if (uv_now(M.loop) - M.stop_requested > 2000) fh__signal_all(SIGKILL);
+        break;
+      }
       M.stopping = 1;
+      M.stop_requested = uv_now(M.loop);
       for (int i = 0; i < M.n; i++) uv_timer_stop(&M.kids[i].restart);
       fh_log(FH_LOG_INFO, "stopping %d workers", M.alive);
       fh__signal_all(SIGTERM);
