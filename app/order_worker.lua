@@ -133,6 +133,12 @@ local function handle(ctx, msgs)
     end
   end
   for _, e in ipairs(plain) do ctx.metrics.raw.events:inc({ type = e.type, outcome = "applied" }) end
+  -- the purchase request's id travels as trace_id: grep one id across every app's logs
+  if core.log_enabled(0) then
+    for _, e in ipairs(plain) do
+      ctx.log.debug("event applied", { trace_id = e.traceId, event = e.eventId, order = e.orderId })
+    end
+  end
 
   local published, perr = publish(ctx, plain)
   while not published do

@@ -154,6 +154,36 @@ describe("order pipeline", function()
     assert.are.equal(10, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
   end)
 
+  it("sends a poison message to the dead-letter topic, keeps going, and replays it on request", function()
+    local function dead(text)
+      return tonumber((text or ""):match("\norder_dead_letters_total (%d+)")) or 0
+    end
+    local _, m0 = T.request(worker.admin, "GET", "/metrics")
+    local before = dead(m0)
+    local out, ok = sh(("%s --run spec/e2e/tools/produce.lua reservations poison-%d '{not json'"):format(T.q(T.BIN), os.time()))
+    assert(ok == true or ok == 0, out)
+    T.wait_for("the poison message in the dead-letter topic", function()
+      local _, m = T.request(worker.admin, "GET", "/metrics")
+      return dead(m) == before + 1
+    end, 30)
+    -- the line goes on: a purchase after it still becomes an order
+    local sku = new_sale { stock = 5 }
+    assert.are.equal(200, (buy(sku)))
+    wait_orders(sku, 1, "PENDING")
+    -- replay puts it back; it fails the same way and is dead-lettered again
+    local listed = sh(("FLASHHOST_BIN=%s scripts/replay-dlq --dry-run"):format(T.q(T.BIN)))
+    assert.truthy(listed:find("not JSON", 1, true), listed)
+    local replayed, rok = sh(("FLASHHOST_BIN=%s scripts/replay-dlq"):format(T.q(T.BIN)))
+    assert(rok == true or rok == 0, replayed)
+    assert.truthy(replayed:find("replayed 1 dead letter", 1, true), replayed)
+    T.wait_for("the replayed message dead-lettered again", function()
+      local _, m = T.request(worker.admin, "GET", "/metrics")
+      return dead(m) == before + 2
+    end, 30)
+    local again = sh(("FLASHHOST_BIN=%s scripts/replay-dlq --dry-run"):format(T.q(T.BIN)))
+    assert.truthy(again:find("would replay 1 dead letter", 1, true), again)
+  end)
+
   it("loses and doubles nothing when the order worker is killed mid-stream", function()
     local sku = new_sale { stock = 400 }
     local load = io.popen(("SKUS=%s LIMIT=200 wrk -t2 -c20 -d20s -s bench/wrk/purchase.lua http://127.0.0.1:%d 2>&1")
