@@ -31,7 +31,8 @@ while replayed < max and idle_polls < 10 do
     idle_polls = 0
     for _, m in ipairs(msgs) do
       local topic = m.headers and m.headers.source_topic or "reservations"
-      print(("%s offset %d -> %s (error was: %s)"):format(m.topic, m.offset, topic, m.headers and m.headers.error or "?"))
+      print(("%s offset %d key %s -> %s (error was: %s)"):format(m.topic, m.offset, tostring(m.key), topic,
+        m.headers and m.headers.error or "?"))
       if not dry then
         local ok, perr = producer:produce(topic, { key = m.key, value = m.value,
           headers = { trace_id = m.headers and m.headers.trace_id or "", replayed_from = "order-dead-letter" } })
