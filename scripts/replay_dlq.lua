@@ -21,12 +21,16 @@ local brokers = os.getenv("KAFKA_BROKERS") or "127.0.0.1:9092"
 local consumer = kafka.consumer { brokers = brokers, group = "dlq-replay", topics = { "order-dead-letter" } }
 local producer = kafka.producer { brokers = brokers }
 local replayed, idle_polls = 0, 0
+local core = require "flashhost.core"
+local deadline = core.now() + 120000 -- joining the group, then at most this long
 
-while replayed < max and idle_polls < 10 do
+while replayed < max and idle_polls < 10 and core.now() < deadline do
   local msgs, err = consumer:poll(math.min(100, max - replayed), 200)
   if not msgs then io.stderr:write("replay-dlq: ", tostring(err), "\n") os.exit(2) end
   if #msgs == 0 then
-    idle_polls = idle_polls + 1
+    -- idle only counts once partitions are assigned: joining takes seconds
+    local assigned = consumer:assignment()
+    if assigned and next(assigned) then idle_polls = idle_polls + 1 end
   else
     idle_polls = 0
     for _, m in ipairs(msgs) do
