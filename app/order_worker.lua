@@ -46,19 +46,40 @@ local function connection_error(err)
     or err:find("2002", 1, true) or err:find("2006", 1, true) or err:find("2013", 1, true)
 end
 
-local function dead_letter(ctx, msg, reason)
-  local ok, err = ctx.producer:produce(DLQ, {
+local function dlq_message(msg, reason)
+  return {
     key = msg.key, value = msg.value,
     headers = { error = tostring(reason):sub(1, 500), source_topic = msg.topic,
       source_partition = tostring(msg.partition), source_offset = tostring(msg.offset),
       trace_id = msg.headers and msg.headers.trace_id or "" },
-  })
-  if ok then
-    ctx.metrics.raw.dead:inc()
-    ctx.log.error("message sent to the dead-letter topic", { reason = reason, offset = msg.offset,
-      partition = msg.partition, trace_id = msg.headers and msg.headers.trace_id })
+  }
+end
+
+-- Dead-letters { {msg =, why =}, ... } in one batch; true once all are
+-- delivered, nil when the process is stopping first.
+local function dead_letter_all(ctx, poison)
+  while #poison > 0 do
+    local out = {}
+    for i, p in ipairs(poison) do out[i] = dlq_message(p.msg, p.why) end
+    local _, errs = ctx.producer:produce_batch(DLQ, out)
+    local left = {}
+    for i, p in ipairs(poison) do
+      if errs and errs[i] then
+        left[#left + 1] = p
+      else
+        ctx.metrics.raw.dead:inc()
+        ctx.log.error("message sent to the dead-letter topic", { reason = p.why, offset = p.msg.offset,
+          partition = p.msg.partition, trace_id = p.msg.headers and p.msg.headers.trace_id })
+      end
+    end
+    poison = left
+    if #poison > 0 and not timer.sleep(1000) then return nil end
   end
-  return ok, err
+  return true
+end
+
+local function dead_letter(ctx, msg, reason)
+  return dead_letter_all(ctx, { { msg = msg, why = reason } })
 end
 
 -- Applies one message alone (used to find the poison in a failing batch).
@@ -101,11 +122,7 @@ local function handle(ctx, msgs)
       poison[#poison + 1] = { msg = msg, why = why }
     end
   end
-  for _, p in ipairs(poison) do
-    while not dead_letter(ctx, p.msg, p.why) do
-      if not timer.sleep(1000) then return nil end
-    end
-  end
+  if not dead_letter_all(ctx, poison) then return nil end
 
   local plain = {}
   for i, e in ipairs(evs) do plain[i] = e.ev end
