@@ -72,6 +72,17 @@ describe("flashhost processes", function()
     end)
   end)
 
+  it("reloads by itself with --watch when a module changes", function()
+    dir = T.scratch(app_files("before"))
+    proc = T.start({ "--workers", "1", "--watch", dir .. "/app.lua" })
+    T.write(dir .. "/lib/version.lua", 'return "after"\n')
+    T.wait_for("the edited module to serve", function()
+      local _, b = T.json(proc.port, "GET", "/version")
+      return b.version == "after"
+    end, 10)
+    assert.truthy(T.read_log(proc):find("app files changed", 1, true))
+  end)
+
   it("refuses code that fails to load and keeps serving the old code", function()
     dir = T.scratch(app_files("good"))
     proc = T.start({ "--workers", "1", dir .. "/app.lua" })
