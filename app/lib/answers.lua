@@ -7,11 +7,14 @@ local function iso(ms)
 end
 M.iso = iso
 
+-- refusal(status, code, message [, extra fields [, headers]]) -> status, body, headers:
+-- the one shape of every refused request, {success = false, error, message, ...}.
 local function refusal(status, code, message, extra, headers)
   local body = { success = false, error = code, message = message }
   for k, v in pairs(extra or {}) do body[k] = v end
   return status, body, headers
 end
+M.refusal = refusal
 
 -- purchase(answer, rules, elapsed_ms) -> status, body, headers
 function M.purchase(a, rules, elapsed_ms)
@@ -25,11 +28,14 @@ function M.purchase(a, rules, elapsed_ms)
   if c == "OK" then
     status, body = 200, {
       success = true, reservationId = a.reservationId, orderId = a.orderId, quantity = a.quantity,
-      expiresAt = iso(a.expiresAt), expiresAtMs = a.expiresAt, remaining = a.remaining,
+      -- expiresAt stays epoch milliseconds, as clients of the original API compute
+      -- `expiresAt - Date.now()`; the ISO form has a field of its own
+      expiresAt = a.expiresAt, expiresAtMs = a.expiresAt, expiresAtIso = iso(a.expiresAt),
+      remaining = a.remaining,
       message = msg.reserved or "reserved",
     }
   elseif c == "SOLD_OUT" then
-    status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0 })
+    status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0, remainingStock = a.remaining or 0 })
   elseif c == "ENDED" then
     status, body = refusal(410, "SALE_ENDED", msg.sale_ended or "sale ended", { endsAt = a.endsAt })
   elseif c == "NOT_STARTED" then
@@ -42,7 +48,7 @@ function M.purchase(a, rules, elapsed_ms)
   elseif c == "RATE_LIMITED" then
     local secs = math.max(1, math.ceil((a.retryAfterMs or 1000) / 1000))
     status, body, headers = refusal(429, "RATE_LIMITED", msg.rate_limited or "too many requests",
-      { retryAfterMs = a.retryAfterMs }, { ["Retry-After"] = tostring(secs) })
+      { retryAfterMs = a.retryAfterMs, retryAfter = secs }, { ["Retry-After"] = tostring(secs) })
   elseif c == "NO_SALE" then
     status, body = refusal(404, "SKU_NOT_FOUND", msg.unknown_sku or "unknown SKU")
   elseif c == "IDEMPOTENCY_KEY_REUSED" then
