@@ -1,7 +1,8 @@
 /* flashhost.timer: timed waits for tasks.
  *
  *   sleep(ms)        -> true | nil, "stopping"
- *   park([ms])       -> the values of unpark | nil, "timeout" | nil, "stopping"
+ *   park([ms [, through_stop]])
+ *                    -> the values of unpark | nil, "timeout" | nil, "stopping"
  *   unpark(co, ...)  -> true if co was parked and is now woken, false otherwise
  *
  * park suspends the running task until another task unparks it, its deadline
@@ -10,7 +11,9 @@
  * on something else) does nothing: a late wake-up can never resume a task
  * that is in the middle of another wait.  A generation that stops wakes its
  * sleepers and parked tasks early with nil, "stopping", so periodic jobs and
- * waiters end promptly. */
+ * waiters end promptly; a park `through_stop` is not woken by the stop: it
+ * waits for work already under way (a request's share of a Redis call in
+ * flight), which ends on its own, and must then still be answered. */
 #include "gen.h"
 #include <stdlib.h>
 
@@ -21,6 +24,7 @@ typedef struct fh__sleep {
   lua_State *co;
   fh_gen *gen;
   int kind;
+  int through_stop;
   struct fh__sleep *prev, *next;
 } fh__sleep;
 
@@ -92,7 +96,7 @@ void fh_timer_wake_gen(fh_gen *g) {
   fh__sleep *s = fh__sleepers;
   while (s) {
     fh__sleep *next = s->next;
-    if (s->gen == g) fh__wake_early(s);
+    if (s->gen == g && !s->through_stop) fh__wake_early(s);
     s = next;
   }
 }
@@ -100,9 +104,9 @@ void fh_timer_wake_gen(fh_gen *g) {
 /* Starts a wait of `kind` for the running task; ms < 0 means no deadline.
  * Returns lua_yield's value, or pushes nil, "stopping" at once when the
  * generation is already stopping. */
-static int fh__wait(lua_State *L, int kind, lua_Number ms) {
+static int fh__wait(lua_State *L, int kind, lua_Number ms, int through_stop) {
   fh_gen *g = fh_gen_of(L);
-  if (fh_gen_stopping(g)) {
+  if (fh_gen_stopping(g) && !through_stop) {
     lua_pushnil(L);
     lua_pushliteral(L, "stopping");
     return 2;
@@ -113,6 +117,7 @@ static int fh__wait(lua_State *L, int kind, lua_Number ms) {
   s->co = co;
   s->gen = g;
   s->kind = kind;
+  s->through_stop = through_stop;
   s->timer.data = s;
   uv_timer_init(fh_loop(), &s->timer);
   s->next = fh__sleepers;
@@ -130,13 +135,13 @@ static int fh__wait(lua_State *L, int kind, lua_Number ms) {
 static int l_timer_sleep(lua_State *L) {
   lua_Number ms = luaL_checknumber(L, 1);
   luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
-  return fh__wait(L, FH__SLEEP, ms);
+  return fh__wait(L, FH__SLEEP, ms, 0);
 }
 
 static int l_timer_park(lua_State *L) {
   lua_Number ms = luaL_optnumber(L, 1, -1);
   luaL_argcheck(L, lua_isnoneornil(L, 1) || ms >= 0, 1, "must be >= 0 or nil");
-  return fh__wait(L, FH__PARK, lua_isnoneornil(L, 1) ? -1 : ms);
+  return fh__wait(L, FH__PARK, lua_isnoneornil(L, 1) ? -1 : ms, lua_toboolean(L, 2));
 }
 
 static int l_timer_unpark(lua_State *L) {

@@ -188,7 +188,9 @@ describe("purchase API", function()
     local after = T.read_log(app):sub(log_before + 1)
     assert.is_nil(after:find("purchase not processed", 1, true), after:sub(1, 2000))
     assert.is_true(T.count(after, '"app started"') >= 10, "the workers switched to new code")
-    assert.are.equal(ok, sku_state(sku).reserved)
+    -- wrk stops with up to one request per connection unanswered, which may still reserve
+    local reserved = sku_state(sku).reserved
+    assert.is_true(reserved >= ok and reserved <= ok + 64, ("%d answered 200, %d reserved"):format(ok, reserved))
   end)
 
   it("answers 503 with Retry-After while Redis is away, and recovers", function()

@@ -102,17 +102,22 @@ int main(void) {
   char out[] = "/tmp/fh-test-wait-out-XXXXXX";
   int ofd = mkstemp(out);
   close(ofd);
-  char stop[1024];
+  char stop[2048];
   snprintf(stop, sizeof stop,
            "local core = require 'flashhost.core'\n"
            "core.spawn(function()\n"
            "  local v, err = core.event():wait()\n"
-           "  local f = io.open('%s', 'w') f:write(tostring(v), ' ', tostring(err)) f:close()\n"
+           "  local f = io.open('%s', 'a') f:write(tostring(v), ' ', tostring(err), ';') f:close()\n"
+           "end)\n"
+           /* ... but not one that waits through a stop: it keeps its deadline */
+           "core.spawn(function()\n"
+           "  local v, err = core.event():wait(50, true)\n"
+           "  local f = io.open('%s', 'a') f:write(tostring(v), ' ', tostring(err), ';') f:close()\n"
            "end)\n",
-           out);
+           out, out);
   if (run(stop, "stop wakes waiters") != 0) failures++;
   char *woke = slurp(out);
-  if (!woke || strcmp(woke, "nil stopping") != 0) {
+  if (!woke || strcmp(woke, "nil stopping;nil timeout;") != 0) {
     fprintf(stderr, "a parked task was not woken by its generation's stop: '%s'\n", woke ? woke : "(none)");
     failures++;
   }

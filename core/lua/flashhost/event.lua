@@ -24,16 +24,19 @@ function M.new()
   return setmetatable({ waiters = {}, values = nil }, Event)
 end
 
--- ev:wait([timeout_ms]) -> the values given to set | nil, "timeout" | nil, "stopping".
--- Without a timeout it waits until set or until the generation stops.
-function Event:wait(timeout_ms)
+-- ev:wait([timeout_ms [, through_stop]]) -> the values given to set |
+-- nil, "timeout" | nil, "stopping".  Without a timeout it waits until set or
+-- until the generation stops; `through_stop` waits on through a stop (for a
+-- share of work already under way, which will set the event; give it a
+-- timeout all the same).
+function Event:wait(timeout_ms, through_stop)
   local v = self.values
   if v then return unpack(v, 1, v.n) end
   local co, main = coroutine.running()
   if not co or main then error("event:wait must run inside a flashhost task", 2) end
   local w = self.waiters
   w[#w + 1] = co
-  local r = pack(park(timeout_ms))
+  local r = pack(park(timeout_ms, through_stop))
   -- Woken by a timeout or a stop: leave the list, so a later set skips us.
   if not self.values or r[1] == nil then
     for i = #w, 1, -1 do
