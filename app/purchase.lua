@@ -110,7 +110,7 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   local remaining = sold_out:check(p.skuId, p.idempotencyKey, core.now())
   if remaining then
     ctx.metrics.purchase("sold_out", "memo")
-    return answers.purchase({ code = "SOLD_OUT", remaining = remaining }, rules, core.mono() - t0)
+    return answers.sold_out_body(remaining, rules, core.mono() - t0)
   end
 
   local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }

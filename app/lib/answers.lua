@@ -66,6 +66,23 @@ function M.purchase(a, rules, elapsed_ms)
   return status, body, headers
 end
 
+-- The 410 a worker answers from its in-process sold-out mark, as a string:
+-- the same fields as purchase({code = "SOLD_OUT"}), without building and
+-- encoding a table on the path that carries a sold-out stampede.
+local json_string = require("cjson").encode
+local sold_out_prefix = {}
+function M.sold_out_body(remaining, rules, elapsed_ms)
+  local msg = (rules.messages or {}).sold_out or "sold out"
+  local key = msg .. "\0" .. remaining
+  local prefix = sold_out_prefix[key]
+  if not prefix then
+    prefix = ('{"success":false,"error":"SOLD_OUT","message":%s,"remaining":%d,"remainingStock":%d,"processingTimeMs":')
+      :format(json_string(msg), remaining, remaining)
+    sold_out_prefix[key] = prefix
+  end
+  return 410, prefix .. tostring(elapsed_ms) .. "}"
+end
+
 -- A dependency could not be asked: 503 with Retry-After, nothing was changed
 -- that the client cannot safely retry (the idempotency key makes it safe).
 function M.unavailable(rules, detail)
