@@ -197,12 +197,29 @@ describe("order pipeline", function()
     local successes = tonumber(redis("HGET", "{sku:" .. sku .. "}:counts", "reserved"))
     assert.is_true(successes >= tonumber(text:match("s200=(%d+)")), text)
     assert.is_true(successes >= 300, text)
+    -- the restarted worker takes the dead one's partitions back at once (static
+    -- group membership) instead of waiting for its session to time out
+    local t0 = T.now()
     worker = start_worker()
     wait_orders(sku, successes, nil, 60)
+    local recovery = T.now() - t0
+    print(("order worker restart -> last row: %.1f s"):format(recovery))
+    assert.is_true(recovery < 10, ("last row %.1f s after the restart"):format(recovery))
     assert.are.equal(successes, sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku .. " AND event_type = 'reserved'"))
     assert.are.equal(successes, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
     local rok, rout = reconcile(sku)
     assert.is_true(rok, rout)
+
+    -- a static member does not leave the group on a clean stop: a stop and
+    -- start must be just as quick
+    T.stop(worker)
+    local later = new_sale { stock = 5 }
+    for _ = 1, 5 do assert.are.equal(200, (buy(later))) end
+    t0 = T.now()
+    worker = start_worker()
+    wait_orders(later, 5, nil, 60)
+    recovery = T.now() - t0
+    assert.is_true(recovery < 10, ("last row %.1f s after a clean restart"):format(recovery))
   end)
 
   it("keeps selling while Kafka is down and delivers every order after", function()
