@@ -128,6 +128,35 @@ describe("order pipeline", function()
     T.wait_for("reconcile to agree", function() return reconcile(sku) end, 15)
   end)
 
+  it("answers an order from MySQL when Redis no longer shows its reservation", function()
+    local sku = new_sale { stock = 5 }
+    local s, b = buy(sku)
+    assert.are.equal(200, s)
+    wait_orders(sku, 1, "PENDING")
+    -- as after a torn append-only file: the order index survived, the reservation did not
+    assert.are.equal("1", redis("DEL", "{sku:" .. sku .. "}:res:" .. b.reservationId))
+    local path = "/api/v1/orders/" .. b.orderId
+    local gs, view = T.json(api.port, "GET", path)
+    assert.are.equal(200, gs, cjson.encode(view))
+    assert.are.equal("mysql", view.source)
+    assert.are.equal("PENDING", view.status)
+    assert.are.equal(b.reservationId, view.reservationId)
+    -- Redis holds nothing to confirm or release: a clear refusal, and nothing changes
+    for _, action in ipairs { "pay", "cancel" } do
+      local cs, cb = T.json(api.port, "POST", path .. "/" .. action, { paymentRef = "card-9" })
+      assert.are.equal(409, cs, cjson.encode(cb))
+      assert.are.equal("RESERVATION_GONE", cb.error)
+      assert.are.equal("PENDING", cb.status)
+    end
+    assert.are.equal("4", redis("GET", "{sku:" .. sku .. "}:stock"))
+    assert.are.equal(1, orders(sku, "PENDING"))
+    -- without the index too
+    redis("DEL", "order:" .. b.orderId)
+    gs, view = T.json(api.port, "GET", path)
+    assert.are.equal(200, gs)
+    assert.are.equal("mysql", view.source)
+  end)
+
   it("ignores a second delivery of every event", function()
     local sku = new_sale { stock = 20 }
     for _ = 1, 10 do assert.are.equal(200, (buy(sku))) end
