@@ -99,6 +99,7 @@ end
 local ORDER = {
   OK = 200, ALREADY_CONFIRMED = 200, ALREADY_CANCELED = 200, ALREADY_EXPIRED = 410,
   EXPIRED = 410, CANCELED = 409, NOT_DUE = 409, NOT_FOUND = 404, NOT_OWNER = 404,
+  RESERVATION_GONE = 409,
 }
 local STATUS_OF = { OK = nil, ALREADY_CONFIRMED = "CONFIRMED" }
 
@@ -119,6 +120,7 @@ function M.order_change(a, action)
       CANCELED = "the order was canceled", ALREADY_CONFIRMED = "the order is already paid",
       ALREADY_CANCELED = "the order was canceled", NOT_DUE = "not due",
       NOT_FOUND = "no such order", NOT_OWNER = "no such order",
+      RESERVATION_GONE = "the order's reservation is no longer held, so the order cannot be paid or canceled",
     })[a.code] or "unexpected answer"
   end
   return status, body
