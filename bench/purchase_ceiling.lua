@@ -15,7 +15,7 @@ local clients = {}
 for i = 1, 2 do
   clients[i] = redis.connect { url = os.getenv("REDIS_URL") }
   assert(clients[i]:wait_ready(3000))
-  clients[i]:load_scripts("redis-lua", { "purchase" })
+  stock.setup(clients[i], "redis-lua")
 end
 local no_limits = { per_user_limit = 0, reservation_ttl_sec = 3600, rate_limit = { capacity = 0, refill_per_sec = 1 } }
 local done, ok, running = 0, 0, conns
