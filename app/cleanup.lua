@@ -1,10 +1,10 @@
 -- The cleanup job: `flashhost app/cleanup.lua`.
 --
--- Expires unpaid reservations past their expiry through redis-lua/expire.lua
+-- Expires unpaid reservations past their expiry through the expire function
 -- (stock returned exactly once, one `expired` event each, which the outbox
 -- relay carries to the order worker).  Several instances may run: a Redis
 -- lease lets one work at a time, and another takes over within the lease TTL
--- when the holder dies.  Expiry never scans: expire.lua reads the SKU's
+-- when the holder dies.  Expiry never scans: expire reads the SKU's
 -- pending index ordered by expiry.
 local application = require "flashhost.app"
 local core = require "flashhost.core"
@@ -23,7 +23,7 @@ services.install(app, { required = { redis = true } })
 
 app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL") }
-  ctx.redis:load_scripts(services.scripts_dir(), { "expire", "lease" })
+  stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
   ctx.owner = ("%s:%d:%d"):format(ctx.info.hostname or "host", ctx.info.node_id, ctx.info.pid)
   ctx.dependencies = { redis = services.redis_check(ctx.redis) }
 end)
@@ -48,7 +48,7 @@ end
 
 app:every(INTERVAL_MS, "expire-reservations", function(ctx)
   -- Only the lease holder works; the lease outlives a sweep comfortably.
-  local held = ctx.redis:evalsha("lease", { LEASE_KEY }, { ctx.owner, LEASE_TTL_MS })
+  local held = stock.lease(ctx.redis, LEASE_KEY, ctx.owner, LEASE_TTL_MS)
   if held ~= 1 then
     ctx.leader = false
     return
@@ -65,7 +65,7 @@ end)
 
 app:on_stop(function(ctx)
   -- Hand the lease over at once instead of letting it lapse.
-  if ctx.leader then ctx.redis:evalsha("lease", { LEASE_KEY }, { ctx.owner, "release" }) end
+  if ctx.leader then stock.lease(ctx.redis, LEASE_KEY, ctx.owner, "release") end
 end)
 
 return app

@@ -94,5 +94,12 @@ int luaopen_flashhost_core(lua_State *L) {
     {"boot_done", l_boot_done}, {"mkdir", l_mkdir}, {"run_done", l_run_done}, {"info", l_info}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
+  /* core.event(): the Lua side of timer.park/unpark (core/lua/flashhost/event.lua) */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "flashhost.event");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "new");
+  lua_setfield(L, -3, "event");
+  lua_pop(L, 1);
   return 1;
 }

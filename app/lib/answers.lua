@@ -7,11 +7,14 @@ local function iso(ms)
 end
 M.iso = iso
 
+-- refusal(status, code, message [, extra fields [, headers]]) -> status, body, headers:
+-- the one shape of every refused request, {success = false, error, message, ...}.
 local function refusal(status, code, message, extra, headers)
   local body = { success = false, error = code, message = message }
   for k, v in pairs(extra or {}) do body[k] = v end
   return status, body, headers
 end
+M.refusal = refusal
 
 -- purchase(answer, rules, elapsed_ms) -> status, body, headers
 function M.purchase(a, rules, elapsed_ms)
@@ -25,11 +28,14 @@ function M.purchase(a, rules, elapsed_ms)
   if c == "OK" then
     status, body = 200, {
       success = true, reservationId = a.reservationId, orderId = a.orderId, quantity = a.quantity,
-      expiresAt = iso(a.expiresAt), expiresAtMs = a.expiresAt, remaining = a.remaining,
+      -- expiresAt stays epoch milliseconds, as clients of the original API compute
+      -- `expiresAt - Date.now()`; the ISO form has a field of its own
+      expiresAt = a.expiresAt, expiresAtMs = a.expiresAt, expiresAtIso = iso(a.expiresAt),
+      remaining = a.remaining,
       message = msg.reserved or "reserved",
     }
   elseif c == "SOLD_OUT" then
-    status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0 })
+    status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0, remainingStock = a.remaining or 0 })
   elseif c == "ENDED" then
     status, body = refusal(410, "SALE_ENDED", msg.sale_ended or "sale ended", { endsAt = a.endsAt })
   elseif c == "NOT_STARTED" then
@@ -42,7 +48,7 @@ function M.purchase(a, rules, elapsed_ms)
   elseif c == "RATE_LIMITED" then
     local secs = math.max(1, math.ceil((a.retryAfterMs or 1000) / 1000))
     status, body, headers = refusal(429, "RATE_LIMITED", msg.rate_limited or "too many requests",
-      { retryAfterMs = a.retryAfterMs }, { ["Retry-After"] = tostring(secs) })
+      { retryAfterMs = a.retryAfterMs, retryAfter = secs }, { ["Retry-After"] = tostring(secs) })
   elseif c == "NO_SALE" then
     status, body = refusal(404, "SKU_NOT_FOUND", msg.unknown_sku or "unknown SKU")
   elseif c == "IDEMPOTENCY_KEY_REUSED" then
@@ -58,6 +64,23 @@ function M.purchase(a, rules, elapsed_ms)
     headers["Idempotent-Replayed"] = "true"
   end
   return status, body, headers
+end
+
+-- The 410 a worker answers from its in-process sold-out mark, as a string:
+-- the same fields as purchase({code = "SOLD_OUT"}), without building and
+-- encoding a table on the path that carries a sold-out stampede.
+local json_string = require("cjson").encode
+local sold_out_prefix = {}
+function M.sold_out_body(remaining, rules, elapsed_ms)
+  local msg = (rules.messages or {}).sold_out or "sold out"
+  local key = msg .. "\0" .. remaining
+  local prefix = sold_out_prefix[key]
+  if not prefix then
+    prefix = ('{"success":false,"error":"SOLD_OUT","message":%s,"remaining":%d,"remainingStock":%d,"processingTimeMs":')
+      :format(json_string(msg), remaining, remaining)
+    sold_out_prefix[key] = prefix
+  end
+  return 410, prefix .. tostring(elapsed_ms) .. "}"
 end
 
 -- A dependency could not be asked: 503 with Retry-After, nothing was changed
@@ -76,6 +99,7 @@ end
 local ORDER = {
   OK = 200, ALREADY_CONFIRMED = 200, ALREADY_CANCELED = 200, ALREADY_EXPIRED = 410,
   EXPIRED = 410, CANCELED = 409, NOT_DUE = 409, NOT_FOUND = 404, NOT_OWNER = 404,
+  RESERVATION_GONE = 409,
 }
 local STATUS_OF = { OK = nil, ALREADY_CONFIRMED = "CONFIRMED" }
 
@@ -96,6 +120,7 @@ function M.order_change(a, action)
       CANCELED = "the order was canceled", ALREADY_CONFIRMED = "the order is already paid",
       ALREADY_CANCELED = "the order was canceled", NOT_DUE = "not due",
       NOT_FOUND = "no such order", NOT_OWNER = "no such order",
+      RESERVATION_GONE = "the order's reservation is no longer held, so the order cannot be paid or canceled",
     })[a.code] or "unexpected answer"
   end
   return status, body

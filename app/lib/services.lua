@@ -80,6 +80,19 @@ function M.install(app, opts)
     ctx.metrics = verbs(m)
   end)
 
+  -- A generation takes requests once its Redis connection is up and the
+  -- server-side code is loaded on it (app:on_ready bounds the wait).
+  app:on_ready(function(ctx, ms)
+    if not ctx.redis then return true end
+    local ok, err = ctx.redis:wait_ready(ms)
+    if not ok then return nil, "redis: " .. tostring(err) end
+    if ctx.redis.load_functions then
+      ok, err = ctx.redis:load_functions()
+      if not ok then return nil, "redis functions: " .. tostring(err) end
+    end
+    return true
+  end)
+
   -- Publish this worker's samples for the other workers' scrapes.
   app:every(1000, "metrics-publish", function() metrics.publish() end)
 

@@ -170,8 +170,11 @@ local function parse_wrk(text)
   return r
 end
 
-local function wrk_cmd(url, secs, conns, script)
-  return ("wrk -t2 -c%d -d%ds %s %s"):format(conns or 20, secs,
+local function wrk_cmd(url, secs, conns, script, env)
+  local vars = {}
+  for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. shell_quote(tostring(v)) end
+  table.sort(vars)
+  return ("%s wrk -t2 -c%d -d%ds %s %s"):format(table.concat(vars, " "), conns or 20, secs,
     script and ("-s " .. shell_quote(script)) or "", shell_quote(url))
 end
 
@@ -184,9 +187,10 @@ function M.wrk(url, secs, conns, script)
 end
 
 -- Starts wrk in the background; returns a handle whose :result() waits for it.
-function M.wrk_async(url, secs, conns, script)
+-- env: variables for the wrk script (e.g. bench/wrk/purchase.lua's SKUS).
+function M.wrk_async(url, secs, conns, script, env)
   local out = os.tmpname()
-  local p = io.popen(wrk_cmd(url, secs, conns, script) .. " >" .. shell_quote(out) .. " 2>&1 & echo $!")
+  local p = io.popen(wrk_cmd(url, secs, conns, script, env) .. " >" .. shell_quote(out) .. " 2>&1 & echo $!")
   local pid = tonumber(p:read("*l"))
   p:close()
   return {

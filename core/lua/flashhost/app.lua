@@ -13,6 +13,13 @@ local timer = require "flashhost.timer"
 local log = require "flashhost.log"
 local cjson = require "cjson.safe"
 
+-- Request bodies come from strangers: a private decoder that accepts strict
+-- JSON only.  lua-cjson would otherwise read hex numbers, Infinity and NaN,
+-- and it stops at a NUL byte as if the text ended there.
+local strict = require("cjson.safe").new()
+strict.decode_invalid_numbers(false)
+strict.decode_max_depth(32)
+
 local M = {}
 local App = {}
 App.__index = App
@@ -20,11 +27,13 @@ App.__index = App
 local Request = {}
 Request.__index = Request
 
--- req:json() -> value | nil, reason.  Only JSON objects count as a body.
+-- req:json() -> value | nil, reason.  Only JSON objects count as a body, and
+-- only strict JSON (RFC 8259): no hex, Infinity or NaN, nothing after the value.
 function Request:json()
   if self._json ~= nil then return self._json end
   if self.body == "" then return nil, "empty body" end
-  local v, err = cjson.decode(self.body)
+  if self.body:find("\0", 1, true) then return nil, "malformed JSON: NUL byte in the body" end
+  local v, err = strict.decode(self.body)
   if v == nil then return nil, "malformed JSON: " .. tostring(err) end
   if type(v) ~= "table" then return nil, "body must be a JSON object" end
   self._json = v
@@ -46,7 +55,7 @@ function M.new(name)
     name = name or "app",
     routes = { public = {}, admin = {} },
     exact = { public = {}, admin = {} },
-    starts = {}, stops = {}, validators = {}, tasks = {}, filters = {}, observers = {},
+    starts = {}, stops = {}, readies = {}, validators = {}, tasks = {}, filters = {}, observers = {},
   }, App)
 end
 
@@ -82,6 +91,11 @@ function App:on_start(fn) table.insert(self.starts, fn); return self end
 -- while its in-flight requests may still be running: do not close clients
 -- those requests use; every client closes when the drained state is collected.
 function App:on_stop(fn) table.insert(self.stops, fn); return self end
+-- app:on_ready(fn): fn(ctx, timeout_ms) -> true | nil, reason.  Runs after the
+-- start hooks and before the generation takes its first request: a client
+-- connected, a library loaded.  A reload that is not ready in time is refused
+-- and the old code keeps serving (see runtime.boot).
+function App:on_ready(fn) table.insert(self.readies, fn); return self end
 -- app:on_validate(fn): runs at boot and on --check; raise to refuse the code.
 function App:on_validate(fn) table.insert(self.validators, fn); return self end
 -- app:every(ms, name, fn): a periodic job, in a task of its own, while the app runs.
@@ -111,6 +125,18 @@ end
 function App:start(ctx)
   for _, fn in ipairs(self.starts) do fn(ctx) end
   for _, job in ipairs(self.tasks) do core.spawn(run_every, job, ctx) end
+end
+
+-- Runs the ready hooks within one deadline shared by all of them.
+-- -> true | nil, reason
+function App:ready(ctx, timeout_ms)
+  local deadline = core.mono() + timeout_ms
+  for _, fn in ipairs(self.readies) do
+    local left = math.max(0, deadline - core.mono())
+    local ok, err = fn(ctx, left)
+    if not ok then return nil, tostring(err or "not ready") end
+  end
+  return true
 end
 
 function App:stop(ctx)

@@ -59,6 +59,17 @@ function M.boot(app_path, gen)
     if not check_only then
       a:start(ctx)
       started = true
+      -- Take requests only once the clients the start hooks made can serve
+      -- them: a reload that switched at once answered 503 "not connected"
+      -- until its new Redis connection was up.  The first generation of a
+      -- worker has no older code to fall back on, so it serves (503 while a
+      -- dependency is away, as at any other time) rather than not at all.
+      local ready_ms = tonumber(os.getenv("FH_READY_TIMEOUT_MS")) or 5000
+      local ready, rerr = a:ready(ctx, ready_ms)
+      if not ready then
+        if gen > 1 then error(("not ready within %d ms: %s"):format(ready_ms, rerr), 0) end
+        log.warn("app starts before its dependencies are ready", { app = a.name, err = rerr })
+      end
     end
   end, traceback)
   if not check_only and gen > 1 then
