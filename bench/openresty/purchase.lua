@@ -2,10 +2,9 @@
 -- what a plain nginx + Lua service would do for POST /api/v1/flash/purchase,
 -- so `make bench` can tell what flashhost's runtime and group commit are worth.
 -- Same validation, rules and answers as flashhost (the pure modules of app/ are
--- loaded as they are), one Redis call per request, no in-process shortcuts:
---   FCALL purchase_batch with ONE attempt (redis-lua/README.md is the contract),
---   or, while that library is not in redis-lua/ yet, EVALSHA of purchase.lua
---   with the order index written around it as the app does today.
+-- loaded as they are), no in-process shortcuts, and one Redis call per request:
+-- FCALL purchase_batch with ONE attempt, the order index written by the function
+-- (redis-lua/README.md is the contract).
 -- Not here: AUTH=jwt (the bench runs with AUTH=none) and the sold-out memo.
 local cjson = require "cjson.safe"
 local redis = require "nginx.redis" -- Debian's lua-nginx-redis: lua-resty-redis under this name
@@ -13,8 +12,11 @@ local validate = require "lib.validate"
 local answers = require "lib.answers"
 local rules = require "rules"
 
+-- strict JSON like the app's bodies: no hex, Infinity or NaN
+cjson.decode_invalid_numbers(false)
+
 local M = {}
-local cfg -- set by init(): redis_host, redis_port, call ("fcall" | "evalsha"), sha
+local cfg -- set by init(): redis_host, redis_port
 
 function M.init(c)
   cfg = c
@@ -46,13 +48,6 @@ local function next_id()
   return ("%d%d%04d"):format(ms, ngx.worker.id() % 10, seq)
 end
 
-local function script_args(p, ids)
-  local rl = rules.rate_limit
-  return p.userId, p.quantity, p.idempotencyKey or "", p.userId .. "|" .. p.skuId .. "|" .. p.quantity,
-    ids.reservationId, ids.orderId, ids.traceId, rules.per_user_limit, rules.reservation_ttl_sec,
-    rl.capacity, rl.refill_per_sec
-end
-
 -- One attempt as a batch of one; returns the raw answer of attempt 1.
 local function fcall(red, p, ids)
   local k = "{sku:" .. p.skuId .. "}:"
@@ -67,25 +62,6 @@ local function fcall(red, p, ids)
   if not res then return res, err end
   local list = cjson.decode(res)
   return type(list) == "table" and list[1] or nil, "unreadable answer"
-end
-
--- Today's path: SET order index, EVALSHA purchase.lua, EXPIRE the index on
--- success, pipelined where the app pipelines them (one connection, in order).
-local function evalsha(red, p, ids)
-  local k = "{sku:" .. p.skuId .. "}:"
-  local okey = "order:" .. ids.orderId
-  red:init_pipeline(2)
-  red:set(okey, p.skuId .. ":" .. ids.reservationId, "EX", 60)
-  red:evalsha(cfg.sha, 10, k .. "sale", k .. "stock", k .. "counts", k .. "users", k .. "pending",
-    k .. "outbox", k .. "rl:" .. p.userId, k .. "idem:" .. (p.idempotencyKey or ""),
-    k .. "res:" .. ids.reservationId, k .. "okkeys", script_args(p, ids))
-  local res, err = red:commit_pipeline()
-  if not res then return nil, err end
-  if res[2][1] == false then return false, res[2][2] end
-  local a = cjson.decode(res[2])
-  if type(a) ~= "table" then return nil, "unreadable answer" end
-  if a.code == "OK" then red:expire(okey, rules.reservation_ttl_sec + 86400) end
-  return a
 end
 
 function M.handle()
@@ -109,7 +85,7 @@ function M.handle()
   local ok, cerr = red:connect(cfg.redis_host, cfg.redis_port)
   if not ok then return reply(answers.unavailable(rules, cerr)) end
   local ids = { reservationId = next_id(), orderId = next_id(), traceId = ngx.var.request_id }
-  local a, err = (cfg.call == "fcall" and fcall or evalsha)(red, p, ids)
+  local a, err = fcall(red, p, ids)
   if a == nil then
     red:close() -- a network error leaves the connection in an unknown state
     ngx.log(ngx.WARN, "purchase not processed: ", err)
