@@ -258,11 +258,15 @@ local function purchase_batch(keys, args)
       end
     end
     -- Answers that are final for this request are stored, so a retry gets them back.
+    -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
+    -- answers a sold-out SKU from memory still sends them to Redis, so their
+    -- retries get their own stored answer (a 200, a 403) back.
     local function final(result)
       if a.idem ~= '' then
         local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
         redis.call('SET', a.idemKey, cjson.encode(rec), 'PX', IDEM_TTL_MS)
         idems[a.idemKey] = rec
+        if result.code ~= 'SOLD_OUT' then okKeys[#okKeys + 1] = a.idem end
       end
       return result
     end
@@ -310,7 +314,6 @@ local function purchase_batch(keys, args)
       'expiresAt', tostring(expiresAt), 'ts', tostring(now), 'traceId', a.traceId)
     zadd[#zadd + 1] = expiresAt
     zadd[#zadd + 1] = a.resId
-    if a.idem ~= '' then okKeys[#okKeys + 1] = a.idem end
     if index then
       redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
     end
@@ -326,8 +329,6 @@ local function purchase_batch(keys, args)
     redis.call('HINCRBY', countsKey, 'reserved', taken)
     redis.call('ZADD', pendingKey, unpack(zadd))
   end
-  -- The keys that bought a ticket: a worker that marks this SKU sold out still
-  -- sends these to Redis, so their retries get their stored answer back.
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))
     redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS)
