@@ -261,14 +261,18 @@ local function purchase_batch(keys, args)
     -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
     -- answers a sold-out SKU from memory still sends them to Redis, so their
     -- retries get their own stored answer (a 200, a 403) back.
+    -- The answer is encoded once: that text is both the stored record's
+    -- result and this attempt's element of the call's answer.
     local function final(result)
+      local text = cjson.encode(result)
       if a.idem ~= '' then
         local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
-        redis.call('SET', a.idemKey, cjson.encode(rec), 'PX', IDEM_TTL_MS)
+        redis.call('SET', a.idemKey, '{"userId":' .. cjson.encode(a.userId) .. ',"requestHash":' ..
+          cjson.encode(a.hash) .. ',"gen":' .. cjson.encode(gen) .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS)
         idems[a.idemKey] = rec
         if result.code ~= 'SOLD_OUT' then okKeys[#okKeys + 1] = a.idem end
       end
-      return result
+      return result, text
     end
 
     -- 2. No sale: not stored, so unknown SKUs leave nothing behind.
@@ -322,7 +326,10 @@ local function purchase_batch(keys, args)
   end
 
   local answers = {}
-  for i, a in ipairs(list) do answers[i] = attempt(a) end
+  for i, a in ipairs(list) do
+    local result, text = attempt(a)
+    answers[i] = text or cjson.encode(result)
+  end
 
   if taken > 0 then
     redis.call('DECRBY', stockKey, taken)
@@ -350,7 +357,7 @@ local function purchase_batch(keys, args)
       end
     end
   end
-  return cjson.encode(answers)
+  return '[' .. table.concat(answers, ',') .. ']'
 end
 
 -- ---- confirm / release ------------------------------------------------------------
