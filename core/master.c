@@ -172,6 +172,7 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   M.self = self;
   M.app = app;
   M.n = nworkers > FH_MAX_WORKERS ? FH_MAX_WORKERS : nworkers;
+  if (fh_ports_claim() != 0) return 1; /* before anything is created that would need cleaning */
   const char *md = getenv("FH_METRICS_DIR");
   if (md && *md) snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "%s", md);
   else snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "/dev/shm/flashhost-%d", (int)getpid());
