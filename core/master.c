@@ -45,10 +45,13 @@ static void fh__spawn(int i) {
   pid_t pid = fork();
   if (pid < 0) { fh_log(FH_LOG_ERROR, "fork: %s", strerror(errno)); return; }
   if (pid == 0) {
-    /* Default dispositions and an empty mask: the exec'd worker installs its own. */
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
+    /* Default dispositions and a mask with only SIGHUP: the exec'd worker
+     * installs its own handlers, then unblocks SIGHUP.  A reload forwarded
+     * before that would otherwise meet the default action and kill it. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     /* A worker must not outlive its master (killed with SIGKILL, say): it
      * would keep its port share and its Kafka partitions with nobody to
      * supervise it.  The signal survives exec; the getppid check closes the

@@ -155,6 +155,12 @@ int fh_worker_run(const char *app, int id, int has_master) {
   uv_signal_start(&W.sig_hup, fh__on_signal, SIGHUP);
   uv_signal_start(&W.sig_term, fh__on_signal, SIGTERM);
   uv_signal_start(&W.sig_int, fh__on_signal, SIGINT);
+  /* The master starts us with SIGHUP blocked (core/master.c); one sent
+   * meanwhile is pending and now becomes a reload. */
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_UNBLOCK, &hup, NULL);
 
   fh_gen *g = fh_gen_new(app, fh__on_first_boot);
   if (!g) return FH_EXIT_BOOT_FAILED;
