@@ -267,6 +267,7 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   uv_run(M.loop, UV_RUN_DEFAULT);
   int failed = M.boot_failures > 0;
   if (!md || !*md) fh__remove_dir(fh__metrics_dir);
+  fh_ports_release();
   fh_log(FH_LOG_INFO, "master exits");
   return failed ? 1 : 0;
 }

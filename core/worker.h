@@ -24,6 +24,9 @@ void fh_ports_get(fh_ports *p);
  * another process" and returns -1 otherwise.  Called once by a master (or by
  * a worker running without one) before any listener is opened. */
 int fh_ports_claim(void);
+/* Removes the lock files at a clean exit (a killed master leaves them; they
+ * are harmless, the kernel dropped the locks). */
+void fh_ports_release(void);
 
 /* core/watch.c: calls `on_change` (debounced) when a .lua file under the
  * app's folder, its subfolders or `extra_dir` changes. */
