@@ -5,7 +5,8 @@
 --       7 rl:<userId>, 8 idem:<idempotencyKey>, 9 res:<reservationId>, 10 okkeys
 -- ARGV: 1 userId, 2 quantity, 3 idempotencyKey ("" = none), 4 requestHash,
 --       5 reservationId, 6 orderId, 7 traceId, 8 perUserLimit, 9 ttlSec,
---       10 rlCapacity, 11 rlRate   (8..11: the app's defaults; the sale hash wins where set)
+--       10 rlCapacity, 11 rlRate   (8..11: the app's defaults; the sale hash wins where set),
+--       12 queueTicket ("" = none; the app has checked the admission token's signature)
 
 local SCRIPT = 'purchase'
 local IDEM_TTL_MS = 86400000
@@ -79,6 +80,9 @@ end
 
 -- 2. No sale: not stored, so unknown SKUs leave nothing behind and a sale created later is honoured.
 if not sale.gen then return cjson.encode({ code = 'NO_SALE' }) end
+
+-- 2b. A queued sale sells only to admitted tickets; not stored, the token may come next.
+if sale.queue == '1' and (ARGV[12] or '') == '' then return cjson.encode({ code = 'QUEUE_TOKEN_REQUIRED' }) end
 
 -- 3. Token bucket per user per SKU. A refusal writes nothing: the refill is computed
 -- from ts, so the bucket only needs to be written when a token is taken.

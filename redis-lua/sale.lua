@@ -3,7 +3,8 @@
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 users, 5 pending, 6 outbox
 -- ARGV: 1 name, 2 price, 3 initial, 4 startsAt ("" = 0), 5 endsAt ("" or 0 = none),
 --       6 perUserLimit, 7 ttlSec, 8 rlCapacity, 9 rlRate  (6..9: "" = the app's default),
---       10 traceId (for the events of reservations a reset cancels)
+--       10 traceId (for the events of reservations a reset cancels),
+--       11 queue ("1" = the sale has a waiting room: purchases need an admission token)
 --
 -- A reset first cancels every reservation still pending, like a buyer's cancel (one
 -- 'canceled' event each, so the order store learns of it), then starts over. Their
@@ -102,7 +103,7 @@ redis.call('SET', stockKey, initial)
 redis.call('HSET', countsKey, 'reserved', 0, 'sold', 0, 'canceled', 0, 'expired', 0)
 local sale = { skuId = skuId, name = name, price = price, initial = initial, startsAt = startsAt,
   endsAt = endsAt, perUserLimit = perUserLimit, ttlSec = ttlSec, rlCapacity = rlCapacity,
-  rlRate = rlRate, createdAt = now, gen = gen }
+  rlRate = rlRate, createdAt = now, gen = gen, queue = ARGV[11] == '1' and '1' or nil }
 local fields = {}
 for f, v in pairs(sale) do
   if f ~= 'skuId' then fields[#fields + 1] = f; fields[#fields + 1] = tostring(v) end

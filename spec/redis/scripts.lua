@@ -54,7 +54,7 @@ function M.setup(o)
     local k = M.keys(sku)
     return api.eval('sale', { k.sale, k.stock, k.counts, k.users, k.pending, k.outbox },
       { o.name or ('sale ' .. sku), o.price or 50, o.initial or 10, o.startsAt, o.endsAt,
-        o.perUserLimit, o.ttlSec, o.rlCapacity, o.rlRate, o.traceId })
+        o.perUserLimit, o.ttlSec, o.rlCapacity, o.rlRate, o.traceId, o.queue and '1' or nil })
   end
 
   -- o: quantity, key, hash, resId, orderId, traceId and the app's defaults
@@ -67,7 +67,7 @@ function M.setup(o)
     return api.eval('purchase',
       { k.sale, k.stock, k.counts, k.users, k.pending, k.outbox, k.rl(user), k.idem(key), k.res(resId), k.okkeys },
       { user, o.quantity or 1, key, o.hash or 'h', resId, o.orderId or ('o' .. seq), o.traceId or 'trace-p',
-        o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5 })
+        o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5, o.queueTicket })
   end
 
   function api.confirm(sku, id, o)
