@@ -33,7 +33,7 @@ function M.purchase(redis, p, ids, rules)
       k .. "okkeys" },
     { p.userId, p.quantity, p.idempotencyKey or "", M.fingerprint(p), ids.reservationId, ids.orderId,
       ids.traceId or "", rules.per_user_limit or 0, rules.reservation_ttl_sec or 300,
-      rl.capacity or 0, rl.refill_per_sec or 1 }))
+      rl.capacity or 0, rl.refill_per_sec or 1, p.queueTicket and p.queueTicket.id or "" }))
 end
 
 local function reservation_keys(sku, resId)
@@ -74,7 +74,7 @@ function M.create_sale(redis, s, traceId)
   return decode(redis:evalsha("sale",
     { k .. "sale", k .. "stock", k .. "counts", k .. "users", k .. "pending", k .. "outbox" },
     { s.name, s.price, s.stock, s.startsAt or 0, s.endsAt or 0, opt(s.perUserLimit),
-      opt(s.reservationTtlSec), "", "", traceId or "" }))
+      opt(s.reservationTtlSec), "", "", traceId or "", s.queue and "1" or "" }))
 end
 
 -- Every SKU that ever had a sale: the cleanup job and the admin page walk it.
