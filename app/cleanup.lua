@@ -1,10 +1,10 @@
 -- The cleanup job: `flashhost app/cleanup.lua`.
 --
--- Expires unpaid reservations past their expiry through redis-lua/expire.lua
+-- Expires unpaid reservations past their expiry through the expire function
 -- (stock returned exactly once, one `expired` event each, which the outbox
 -- relay carries to the order worker).  Several instances may run: a Redis
 -- lease lets one work at a time, and another takes over within the lease TTL
--- when the holder dies.  Expiry never scans: expire.lua reads the SKU's
+-- when the holder dies.  Expiry never scans: expire reads the SKU's
 -- pending index ordered by expiry.
 local application = require "flashhost.app"
 local core = require "flashhost.core"
@@ -12,7 +12,6 @@ local redis_client = require "flashhost.redis"
 local services = require "lib.services"
 local stock = require "lib.stock"
 local crypto = require "flashhost.crypto"
-local queue_store = require "lib.queue_store"
 local Keeper = require "lib.queue_keeper"
 
 local app = application.new("cleanup")
@@ -29,19 +28,11 @@ local m = services.install(app, { required = { redis = true } })
 
 app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL") }
-  ctx.redis:load_scripts(services.scripts_dir(), { "expire", "lease" })
+  stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
   ctx.owner = ("%s:%d:%d"):format(ctx.info.hostname or "host", ctx.info.node_id, ctx.info.pid)
   ctx.dependencies = { redis = services.redis_check(ctx.redis) }
   ctx.keeper = Keeper.new { redis = ctx.redis, random = crypto.random_bytes, log = ctx.log,
     metrics = { admitted = m.queue_admitted, length = m.queue_length, wait = m.queue_wait } }
-end)
-
-app:on_ready(function(ctx, ms)
-  local ok, err = ctx.redis:wait_ready(ms)
-  if not ok then return nil, "redis: " .. tostring(err) end
-  ok, err = queue_store.load(ctx.redis, services.scripts_dir())
-  if not ok then return nil, "queue functions: " .. tostring(err) end
-  return true
 end)
 
 -- One sweep: every SKU until nothing is due.  Returns the reservations expired.
@@ -64,7 +55,7 @@ end
 
 app:every(INTERVAL_MS, "expire-reservations", function(ctx)
   -- Only the lease holder works; the lease outlives a sweep comfortably.
-  local held = ctx.redis:evalsha("lease", { LEASE_KEY }, { ctx.owner, LEASE_TTL_MS })
+  local held = stock.lease(ctx.redis, LEASE_KEY, ctx.owner, LEASE_TTL_MS)
   if held ~= 1 then
     ctx.leader = false
     return
@@ -86,7 +77,7 @@ end)
 
 app:on_stop(function(ctx)
   -- Hand the lease over at once instead of letting it lapse.
-  if ctx.leader then ctx.redis:evalsha("lease", { LEASE_KEY }, { ctx.owner, "release" }) end
+  if ctx.leader then stock.lease(ctx.redis, LEASE_KEY, ctx.owner, "release") end
 end)
 
 return app

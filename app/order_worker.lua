@@ -28,6 +28,19 @@ services.install(app, { required = { mysql = true, kafka = true } })
 
 local function brokers() return os.getenv("KAFKA_BROKERS") or "127.0.0.1:9092" end
 
+-- Static group membership: the same worker of the same node on the same host
+-- asks for the same group.instance.id, so a worker restarted after a crash
+-- (or a stop) takes its partitions back at once instead of waiting for the
+-- dead member's session to time out.  A worker gone for good (scale-down)
+-- hands its partitions over after SESSION_MS.  Hostname and NODE_ID both:
+-- two live workers with one id would fence each other.
+local SESSION_MS = tonumber(os.getenv("ORDER_SESSION_TIMEOUT_MS")) or 10000
+
+local function instance_id(group)
+  local info = core.info()
+  return ("%s.%s.%s.n%d.w%d"):format(group, app.name, info.hostname or "host", info.node_id, info.worker_id)
+end
+
 -- Applies decoded events in one transaction: true | nil, err
 local function apply(ctx, evs)
   local stmts = events.statements(evs)
@@ -197,8 +210,10 @@ end)
 app:on_start(function(ctx)
   ctx.db = mysql.pool {}
   ctx.producer = kafka.producer { brokers = brokers() }
+  local group = os.getenv("ORDER_GROUP") or "order-workers"
   ctx.consumer = kafka.consumer {
-    brokers = brokers(), group = os.getenv("ORDER_GROUP") or "order-workers", topics = { "reservations" },
+    brokers = brokers(), group = group, topics = { "reservations" },
+    instance_id = instance_id(group), config = { ["session.timeout.ms"] = SESSION_MS },
   }
   ctx.dependencies = {
     mysql = function()

@@ -2,8 +2,8 @@
 --
 -- Public (PORT): purchase, SKU status, orders (read, pay, cancel), health.
 -- Admin (ADMIN_PORT, 127.0.0.1): create or reset a sale, reconcile, metrics.
--- Every stock change is one Redis script (redis-lua/); this file validates,
--- calls the script, and turns its answer into HTTP.
+-- Every stock change is one Redis Function call (redis-lua/); this file validates,
+-- calls it, and turns its answer into HTTP.
 local application = require "flashhost.app"
 local core = require "flashhost.core"
 local redis_client = require "flashhost.redis"
@@ -39,7 +39,7 @@ services.install(app, { sku_gauges = true, required = { redis = true } })
 app:on_start(function(ctx)
   ctx.rules = rules
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL"), timeout_ms = tonumber(os.getenv("REDIS_TIMEOUT_MS")) or 1000 }
-  ctx.redis:load_scripts(services.scripts_dir(), stock.SCRIPTS)
+  stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
   ctx.db = mysql.pool { size = 2 }
   ctx.dependencies = {
@@ -108,14 +108,14 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   local s, b = auth.require_user(auth_cfg, req, p.userId, jwt.verify_hs256, core.now())
   if s then return s, b end
   -- a queue token is checked here, from its signature alone; without one a
-  -- queued sale is refused by the purchase script itself (no extra Redis call)
+  -- queued sale is refused by the purchase function itself (no extra Redis call)
   s, b = shared.check_token(p, body, core.now())
   if s then return s, b end
 
   local remaining = sold_out:check(p.skuId, p.idempotencyKey, core.now())
   if remaining then
     ctx.metrics.purchase("sold_out", "memo")
-    return answers.purchase({ code = "SOLD_OUT", remaining = remaining }, rules, core.mono() - t0)
+    return answers.sold_out_body(remaining, rules, core.mono() - t0)
   end
 
   local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }

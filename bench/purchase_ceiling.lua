@@ -1,9 +1,10 @@
 -- flashhost --run bench/purchase_ceiling.lua SKU CONNS SECONDS
--- Redis's own ceiling for the purchase script: CONNS coroutines calling
--- redis-lua/purchase.lua back to back (unique buyer and ids each time) over
--- two pipelined connections, as the API's two workers would, with no HTTP.
--- redis-benchmark cannot run this script (each request needs the same fresh
--- id in a KEY and an ARGV); this is the figure the purchase route compares to.
+-- Redis's own ceiling for one purchase: CONNS coroutines calling the
+-- purchase_batch function with one attempt each, back to back (unique buyer
+-- and ids each time) over two pipelined connections, as the API's two workers
+-- would, with no HTTP.  redis-benchmark cannot do this (each request needs the
+-- same fresh id in a KEY and an ARGV); this is the figure the purchase route
+-- compares to.
 package.path = "app/?.lua;" .. package.path
 local redis = require "flashhost.redis"
 local core = require "flashhost.core"
@@ -15,7 +16,7 @@ local clients = {}
 for i = 1, 2 do
   clients[i] = redis.connect { url = os.getenv("REDIS_URL") }
   assert(clients[i]:wait_ready(3000))
-  clients[i]:load_scripts("redis-lua", { "purchase" })
+  stock.setup(clients[i], "redis-lua")
 end
 local no_limits = { per_user_limit = 0, reservation_ttl_sec = 3600, rate_limit = { capacity = 0, refill_per_sec = 1 } }
 local done, ok, running = 0, 0, conns
@@ -36,4 +37,4 @@ end
 local t0 = core.mono()
 while running > 0 do timer.sleep(10) end
 local elapsed = (core.mono() - t0) / 1000
-print(("purchase script: %.0f calls/s (%d calls, %d ok, %.1fs)"):format(done / elapsed, done, ok, elapsed))
+print(("purchase function: %.0f calls/s (%d calls, %d ok, %.1fs)"):format(done / elapsed, done, ok, elapsed))

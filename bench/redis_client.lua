@@ -1,5 +1,5 @@
--- Redis client throughput: N coroutines, each running M EVALSHA of a trivial
--- script on one shared connection, as the purchase path does.
+-- Redis client throughput: N coroutines, each running M FCALL of a trivial
+-- function on one shared connection, as the purchase path does.
 --   flashhost --run bench/redis_client.lua [N [M]]      (defaults 200 × 500)
 -- Uses REDIS_URL (default redis://127.0.0.1:6379); touches one key, fh:bench:n.
 local redis = require "flashhost.redis"
@@ -11,16 +11,17 @@ local M = tonumber(arg[2]) or 500
 
 local r = redis.connect { timeout_ms = 5000, max_pending = N * 2 }
 assert(r:wait_ready(3000), "redis not reachable at " .. r.url)
-r:script("incr", "return redis.call('INCR', KEYS[1])")
+r:functions("fhbench", "#!lua name=fhbench\n" ..
+  "redis.register_function('fhbench_incr', function(keys) return redis.call('INCR', keys[1]) end)\n")
 assert(r:call("DEL", "fh:bench:n"))
-assert(r:evalsha("incr", { "fh:bench:n" }, {})) -- load it once, outside the timing
+assert(r:fcall("fhbench_incr", { "fh:bench:n" }, {})) -- load it once, outside the timing
 
 local done, failed = 0, 0
 local t0 = core.mono()
 for _ = 1, N do
   core.spawn(function()
     for _ = 1, M do
-      local v = r:evalsha("incr", { "fh:bench:n" }, {})
+      local v = r:fcall("fhbench_incr", { "fh:bench:n" }, {})
       if type(v) ~= "number" then failed = failed + 1 end
     end
     done = done + 1
@@ -29,7 +30,7 @@ end
 while done < N do timer.sleep(1) end
 local secs = (core.mono() - t0) / 1000
 local total = N * M
-print(("%d coroutines x %d EVALSHA: %d ops in %.2f s = %.0f ops/s, %d failed"):format(
+print(("%d coroutines x %d FCALL: %d ops in %.2f s = %.0f ops/s, %d failed"):format(
   N, M, total, secs, total / secs, failed))
 assert(r:call("GET", "fh:bench:n") == tostring(total + 1), "counter does not match")
 r:call("DEL", "fh:bench:n")

@@ -12,7 +12,7 @@ local services = require "lib.services"
 local r = redis.connect { url = os.getenv("REDIS_URL") }
 local ok, err = r:wait_ready(3000)
 if not ok then io.stderr:write("reconcile: redis: ", tostring(err), "\n") os.exit(2) end
-r:load_scripts(services.scripts_dir(), { "status" })
+stock.register(r, services.scripts_dir())
 local db = os.getenv("RECONCILE_MYSQL") ~= "off" and mysql.pool { size = 1 } or nil
 
 local skus = { ... }

@@ -69,6 +69,23 @@ function M.purchase(a, rules, elapsed_ms)
   return status, body, headers
 end
 
+-- The 410 a worker answers from its in-process sold-out mark, as a string:
+-- the same fields as purchase({code = "SOLD_OUT"}), without building and
+-- encoding a table on the path that carries a sold-out stampede.
+local json_string = require("cjson").encode
+local sold_out_prefix = {}
+function M.sold_out_body(remaining, rules, elapsed_ms)
+  local msg = (rules.messages or {}).sold_out or "sold out"
+  local key = msg .. "\0" .. remaining
+  local prefix = sold_out_prefix[key]
+  if not prefix then
+    prefix = ('{"success":false,"error":"SOLD_OUT","message":%s,"remaining":%d,"remainingStock":%d,"processingTimeMs":')
+      :format(json_string(msg), remaining, remaining)
+    sold_out_prefix[key] = prefix
+  end
+  return 410, prefix .. tostring(elapsed_ms) .. "}"
+end
+
 -- A dependency could not be asked: 503 with Retry-After, nothing was changed
 -- that the client cannot safely retry (the idempotency key makes it safe).
 function M.unavailable(rules, detail)
@@ -85,6 +102,7 @@ end
 local ORDER = {
   OK = 200, ALREADY_CONFIRMED = 200, ALREADY_CANCELED = 200, ALREADY_EXPIRED = 410,
   EXPIRED = 410, CANCELED = 409, NOT_DUE = 409, NOT_FOUND = 404, NOT_OWNER = 404,
+  RESERVATION_GONE = 409,
 }
 local STATUS_OF = { OK = nil, ALREADY_CONFIRMED = "CONFIRMED" }
 
@@ -105,6 +123,7 @@ function M.order_change(a, action)
       CANCELED = "the order was canceled", ALREADY_CONFIRMED = "the order is already paid",
       ALREADY_CANCELED = "the order was canceled", NOT_DUE = "not due",
       NOT_FOUND = "no such order", NOT_OWNER = "no such order",
+      RESERVATION_GONE = "the order's reservation is no longer held, so the order cannot be paid or canceled",
     })[a.code] or "unexpected answer"
   end
   return status, body

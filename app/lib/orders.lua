@@ -1,6 +1,8 @@
 -- Order routes: read an order, pay it, cancel it.
 -- An order is found through the Redis index order:<id> -> "sku:reservation"
 -- (written right after the purchase) or, once the order worker wrote it, in MySQL.
+-- MySQL also answers when the index is there but the reservation is not (a
+-- Redis restarted from a repaired append-only file can have lost it).
 local core = require "flashhost.core"
 local validate = require "lib.validate"
 local stock = require "lib.stock"
@@ -8,27 +10,48 @@ local answers = require "lib.answers"
 
 local M = {}
 
+local NOT_FOUND = { success = false, error = "ORDER_NOT_FOUND", message = "no such order" }
+
+-- The order's row: row | nil (no row, or no database) | nil, err (could not ask)
+local function mysql_row(ctx, orderId)
+  if not ctx.db then return nil end
+  local rows, err = ctx.db:query(
+    "SELECT id, reservation_id, user_id, sku_id, quantity, unit_price, status, " ..
+    "UNIX_TIMESTAMP(expires_at) * 1000 AS expires_ms FROM orders WHERE id = ?", orderId)
+  if not rows then return nil, err end
+  return rows[1]
+end
+
 -- Returns { sku, reservationId, row? } | nil, status, body
 local function locate(ctx, orderId, rules)
   local ref, err = ctx.redis:call("GET", stock.order_key(orderId))
   if type(ref) == "string" then
     local sku, resId = ref:match("^(%d+):(%d+)$")
     if sku then return { sku = sku, reservationId = resId } end
-  elseif ref == nil and ctx.db == nil then
-    return nil, answers.unavailable(rules, err)
   end
-  if ctx.db then
-    local rows, derr = ctx.db:query(
-      "SELECT id, reservation_id, user_id, sku_id, quantity, unit_price, status, " ..
-      "UNIX_TIMESTAMP(expires_at) * 1000 AS expires_ms FROM orders WHERE id = ?", orderId)
-    if rows and rows[1] then
-      local r = rows[1]
-      return { sku = r.sku_id, reservationId = r.reservation_id, row = r }
-    elseif not rows and ref == nil then
-      return nil, answers.unavailable(rules, derr)
-    end
-  end
-  return nil, 404, { success = false, error = "ORDER_NOT_FOUND", message = "no such order" }
+  local row, derr = mysql_row(ctx, orderId)
+  if row then return { sku = row.sku_id, reservationId = row.reservation_id, row = row } end
+  if ref == nil and (derr or not ctx.db) then return nil, answers.unavailable(rules, derr or err) end
+  return nil, 404, NOT_FOUND
+end
+
+local function row_view(orderId, r)
+  return { orderId = orderId, reservationId = r.reservation_id, skuId = r.sku_id, userId = r.user_id,
+    quantity = tonumber(r.quantity), unitPrice = tonumber(r.unit_price), status = r.status,
+    expiresAt = tonumber(r.expires_ms) and answers.iso(math.floor(tonumber(r.expires_ms))) or nil,
+    source = "mysql" }
+end
+
+-- What a pay or cancel answers when Redis no longer holds the reservation but
+-- MySQL has the order: its final state as if Redis had answered, or, while
+-- it is PENDING, RESERVATION_GONE (no stock is held to confirm or give back).
+local FROM_ROW = {
+  pay = { CONFIRMED = "ALREADY_CONFIRMED", CANCELED = "ALREADY_CANCELED", EXPIRED = "ALREADY_EXPIRED" },
+  cancel = { CONFIRMED = "ALREADY_CONFIRMED", CANCELED = "ALREADY_CANCELED", EXPIRED = "ALREADY_EXPIRED" },
+}
+local function change_from_row(orderId, row, action)
+  return { code = FROM_ROW[action][row.status] or "RESERVATION_GONE", orderId = orderId,
+    reservationId = row.reservation_id, status = row.status, quantity = tonumber(row.quantity) }
 end
 
 local function order_id(req)
@@ -57,14 +80,18 @@ function M.routes(app, deps)
       view = { orderId = id, reservationId = loc.reservationId, skuId = loc.sku, userId = h.userId,
         quantity = tonumber(h.quantity), unitPrice = tonumber(h.unitPrice), status = h.status,
         expiresAt = answers.iso(tonumber(h.expiresAt)), source = "redis" }
-    elseif loc.row then
-      local r = loc.row
-      view = { orderId = id, reservationId = r.reservation_id, skuId = r.sku_id, userId = r.user_id,
-        quantity = tonumber(r.quantity), unitPrice = tonumber(r.unit_price), status = r.status,
-        expiresAt = tonumber(r.expires_ms) and answers.iso(math.floor(tonumber(r.expires_ms))) or nil,
-        source = "mysql" }
     else
-      return 404, { success = false, error = "ORDER_NOT_FOUND", message = "no such order" }
+      -- Redis cannot show the reservation (gone, or Redis away): MySQL may
+      -- hold the order even though the index led here.
+      local row, derr = loc.row, nil
+      if not row then row, derr = mysql_row(ctx, id) end
+      if row then
+        view = row_view(id, row)
+      elseif res == nil or derr then
+        return answers.unavailable(rules, derr)
+      else
+        return 404, NOT_FOUND
+      end
     end
     local as, ab = deps.auth(req, view.userId)
     if as then return as, ab end
@@ -105,6 +132,15 @@ function M.routes(app, deps)
         if kind == "unavailable" then return answers.unavailable(rules, detail) end
         ctx.log.error("order change failed", { request_id = req.id, err = detail })
         return answers.internal()
+      end
+      if a.code == "NOT_FOUND" then
+        -- the index outlived the reservation: MySQL says what became of the order
+        local row, derr = loc.row, nil
+        if not row then row, derr = mysql_row(ctx, id) end
+        if derr then return answers.unavailable(rules, derr) end
+        if row and (owner == nil or tostring(row.user_id) == owner) then
+          return answers.order_change(change_from_row(id, row, action), action)
+        end
       end
       if a.code == "OK" or a.code == "ALREADY_EXPIRED" or a.code == "EXPIRED" then
         deps.sold_out:clear(loc.sku) -- stock came back: stop answering sold out from memory

@@ -77,13 +77,6 @@ function M.routes(app, deps)
     }
     deps.queue_cache = cache
   end)
-  app:on_ready(function(ctx, ms)
-    local ok, err = ctx.redis:wait_ready(ms)
-    if not ok then return nil, "redis: " .. tostring(err) end
-    ok, err = store.load(ctx.redis, require("lib.services").scripts_dir())
-    if not ok then return nil, "queue functions: " .. tostring(err) end
-    return true
-  end)
 
   -- Admitted: the token, signed here from the admission time Redis recorded
   -- (read once per ticket and worker; a client stops polling once admitted).

@@ -30,7 +30,10 @@ local NUMBERS = { "serving", "tail", "preCount", "rate", "measured", "ttl", "sta
 local function normalize(st)
   local q = { code = st.code, gen = st.gen }
   for _, f in ipairs(NUMBERS) do q[f] = tonumber(st[f]) or 0 end
-  q.opened, q.frozen, q.soldOut = st.opened == "1", st.frozen == "1", st.soldOut == "1"
+  -- sold out as soon as the stock is gone, without waiting for the keeper's
+  -- next step to set the flag (stock that comes back clears it again)
+  q.opened, q.frozen = st.opened == "1", st.frozen == "1"
+  q.soldOut = st.soldOut == "1" or (st.code == "OK" and q.stock <= 0)
   return q
 end
 
@@ -63,7 +66,6 @@ function M:get(sku, now)
     end
   end
   local ne = { q = q, at = now, posof = posof, admitted = e and e.q.gen == q.gen and e.admitted or {} }
-  -- a sold-out mark set locally stays until Redis itself says so or stock is back
   self.entries[sku] = ne
   return ne
 end

@@ -58,8 +58,10 @@ function M.new(secret, crypto)
 end
 
 -- The purchase idempotency key a token buys under: one token, one purchase
--- (a second one replays the first answer).  The Redis keeper reads the same
--- name (redis-lua/queue.lua, IDEM_PREFIX) to tell a used token from an unused one.
-function M.idempotency_key(t) return "q:" .. t.id end
+-- (a second one replays the first answer).  "q " + ticket: a client's own key
+-- cannot hold a space, so only a checked token leads to such a key, and the
+-- purchase function takes it as the proof of admission a queued sale needs
+-- (redis-lua/flashhost.lua, QUEUE_IDEM_PREFIX; the keeper reads it too).
+function M.idempotency_key(t) return "q " .. t.id end
 
 return M

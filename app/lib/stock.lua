@@ -1,4 +1,4 @@
--- The stock operations of a SKU: one Redis script call each (redis-lua/README.md
+-- The stock operations of a SKU: one Redis Function call each (redis-lua/README.md
 -- is the contract).  Returns the decoded answer, or nil, kind, detail where
 -- kind is "unavailable" (Redis could not be asked: a 503) or "error" (Redis
 -- said no: a bug or a misconfiguration, a 500).
@@ -6,7 +6,26 @@ local cjson = require "cjson.safe"
 
 local M = {}
 
-M.SCRIPTS = { "sale", "purchase", "confirm", "release", "expire", "status" }
+-- The Redis Function library of redis-lua/ (one file) and its name.
+M.LIBRARY = "flashhost"
+M.LIBRARY_FILE = "flashhost.lua"
+
+-- register(redis, dir): registers dir/flashhost.lua on a client (nothing is
+-- sent; the first call loads it).  A missing file raises.  Returns the client.
+function M.register(redis, dir)
+  return redis:load_library(dir:gsub("/$", "") .. "/" .. M.LIBRARY_FILE)
+end
+
+-- setup(redis, dir, log): register, then load the library now (yields, at
+-- most the client's connect timeout), so the first requests find it there.
+-- A Redis that is not there yet is only logged: every call loads it again.
+function M.setup(redis, dir, log)
+  M.register(redis, dir)
+  redis:wait_ready()
+  local ok, err = redis:load_functions()
+  if not ok and log then log.warn("redis functions not loaded yet", { err = err }) end
+  return redis
+end
 
 local function prefix(sku) return "{sku:" .. sku .. "}:" end
 M.prefix = prefix
@@ -15,7 +34,7 @@ local function decode(res, err)
   if res == nil then return nil, "unavailable", err end
   if res == false then return nil, "error", err end
   local v = cjson.decode(res)
-  if type(v) ~= "table" then return nil, "error", "unreadable script answer" end
+  if type(v) ~= "table" then return nil, "error", "unreadable function answer" end
   return v
 end
 
@@ -24,46 +43,73 @@ function M.fingerprint(p)
   return p.userId .. "|" .. p.skuId .. "|" .. p.quantity
 end
 
-function M.purchase(redis, p, ids, rules)
-  local k = prefix(p.skuId)
+-- purchase_batch(redis, sku, attempts, rules, with_index) -> { answer, ... }
+-- (attempt i's decoded answer at i) | nil, kind, detail.  attempts[i] =
+-- { p = <validated purchase of this sku>, ids = { reservationId, orderId,
+-- traceId } }.  One FCALL: the answers are those the attempts would get one by
+-- one, in this order.  with_index: the function also writes the order index
+-- (order:<orderId>) of each reservation it makes; single-node Redis only (on a
+-- cluster those keys are in other slots).
+function M.purchase_batch(redis, sku, attempts, rules, with_index)
+  local k = prefix(sku)
   local rl = rules.rate_limit or {}
-  return decode(redis:evalsha("purchase",
-    { k .. "sale", k .. "stock", k .. "counts", k .. "users", k .. "pending", k .. "outbox",
-      k .. "rl:" .. p.userId, k .. "idem:" .. (p.idempotencyKey or ""), k .. "res:" .. ids.reservationId,
-      k .. "okkeys" },
-    { p.userId, p.quantity, p.idempotencyKey or "", M.fingerprint(p), ids.reservationId, ids.orderId,
-      ids.traceId or "", rules.per_user_limit or 0, rules.reservation_ttl_sec or 300,
-      rl.capacity or 0, rl.refill_per_sec or 1, p.queueTicket and p.queueTicket.id or "" }))
+  local n = #attempts
+  local keys = { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "okkeys" }
+  local args = { n, rules.per_user_limit or 0, rules.reservation_ttl_sec or 300, rl.capacity or 0,
+    rl.refill_per_sec or 1, with_index and "1" or "0" }
+  local nk, na = 6, 6
+  for i = 1, n do
+    local p, ids = attempts[i].p, attempts[i].ids
+    local idem = p.idempotencyKey or ""
+    keys[nk + 1], keys[nk + 2], keys[nk + 3] = k .. "u:" .. p.userId, k .. "idem:" .. idem, k .. "res:" .. ids.reservationId
+    nk = nk + 3
+    args[na + 1], args[na + 2], args[na + 3], args[na + 4] = p.userId, p.quantity, idem, M.fingerprint(p)
+    args[na + 5], args[na + 6], args[na + 7] = ids.reservationId, ids.orderId, ids.traceId or ""
+    na = na + 7
+  end
+  if with_index then
+    for i = 1, n do keys[nk + i] = M.order_key(attempts[i].ids.orderId) end
+  end
+  local list, kind, detail = decode(redis:fcall("purchase_batch", keys, args))
+  if not list then return nil, kind, detail end
+  if #list ~= n then return nil, "error", "purchase_batch answered " .. #list .. " of " .. n .. " attempts" end
+  return list
+end
+
+-- purchase(redis, p, ids, rules): one attempt, a batch of one; its decoded answer.
+function M.purchase(redis, p, ids, rules)
+  local list, kind, detail = M.purchase_batch(redis, p.skuId, { { p = p, ids = ids } }, rules, false)
+  if not list then return nil, kind, detail end
+  return list[1]
 end
 
 local function reservation_keys(sku, resId)
   local k = prefix(sku)
-  return { k .. "res:" .. resId, k .. "stock", k .. "counts", k .. "users", k .. "pending", k .. "outbox" }
+  return { k .. "res:" .. resId, k .. "stock", k .. "counts", k .. "pending", k .. "outbox" }
 end
 
 function M.confirm(redis, sku, resId, paymentRef, userId, traceId)
-  return decode(redis:evalsha("confirm", reservation_keys(sku, resId),
+  return decode(redis:fcall("confirm", reservation_keys(sku, resId),
     { resId, paymentRef or "", userId or "", traceId or "" }))
 end
 
 -- reason: "canceled" | "expired"
 function M.release(redis, sku, resId, reason, userId, traceId)
-  return decode(redis:evalsha("release", reservation_keys(sku, resId),
+  return decode(redis:fcall("release", reservation_keys(sku, resId),
     { resId, reason, userId or "", traceId or "" }))
 end
 
 function M.expire(redis, sku, limit, traceId)
   local k = prefix(sku)
-  return decode(redis:evalsha("expire",
-    { k .. "stock", k .. "counts", k .. "users", k .. "pending", k .. "outbox" },
+  return decode(redis:fcall("expire", { k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
     { limit or 100, traceId or "" }))
 end
 
 -- status(redis, sku [, deep]): O(1) unless `deep`, which also sums the
--- pending reservations (pendingQuantity) for reconciliation.
+-- pending reservations (pendingQuantity) for reconciliation.  Read-only.
 function M.status(redis, sku, deep)
   local k = prefix(sku)
-  return decode(redis:evalsha("status", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
+  return decode(redis:fcall_ro("status", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
     { deep and "deep" or "" }))
 end
 
@@ -71,10 +117,15 @@ end
 function M.create_sale(redis, s, traceId)
   local k = prefix(s.skuId)
   local function opt(v) return v == nil and "" or v end
-  return decode(redis:evalsha("sale",
-    { k .. "sale", k .. "stock", k .. "counts", k .. "users", k .. "pending", k .. "outbox" },
+  return decode(redis:fcall("sale", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
     { s.name, s.price, s.stock, s.startsAt or 0, s.endsAt or 0, opt(s.perUserLimit),
       opt(s.reservationTtlSec), "", "", traceId or "", s.queue and "1" or "" }))
+end
+
+-- lease(redis, key, owner, ttl_ms | "release") -> 1 | 0 (the caller holds it
+-- after the call), or as r:call on failure.
+function M.lease(redis, key, owner, ttl)
+  return redis:fcall("lease", { key }, { owner, ttl })
 end
 
 -- Every SKU that ever had a sale: the cleanup job and the admin page walk it.

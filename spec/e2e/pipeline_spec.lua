@@ -128,6 +128,35 @@ describe("order pipeline", function()
     T.wait_for("reconcile to agree", function() return reconcile(sku) end, 15)
   end)
 
+  it("answers an order from MySQL when Redis no longer shows its reservation", function()
+    local sku = new_sale { stock = 5 }
+    local s, b = buy(sku)
+    assert.are.equal(200, s)
+    wait_orders(sku, 1, "PENDING")
+    -- as after a torn append-only file: the order index survived, the reservation did not
+    assert.are.equal("1", redis("DEL", "{sku:" .. sku .. "}:res:" .. b.reservationId))
+    local path = "/api/v1/orders/" .. b.orderId
+    local gs, view = T.json(api.port, "GET", path)
+    assert.are.equal(200, gs, cjson.encode(view))
+    assert.are.equal("mysql", view.source)
+    assert.are.equal("PENDING", view.status)
+    assert.are.equal(b.reservationId, view.reservationId)
+    -- Redis holds nothing to confirm or release: a clear refusal, and nothing changes
+    for _, action in ipairs { "pay", "cancel" } do
+      local cs, cb = T.json(api.port, "POST", path .. "/" .. action, { paymentRef = "card-9" })
+      assert.are.equal(409, cs, cjson.encode(cb))
+      assert.are.equal("RESERVATION_GONE", cb.error)
+      assert.are.equal("PENDING", cb.status)
+    end
+    assert.are.equal("4", redis("GET", "{sku:" .. sku .. "}:stock"))
+    assert.are.equal(1, orders(sku, "PENDING"))
+    -- without the index too
+    redis("DEL", "order:" .. b.orderId)
+    gs, view = T.json(api.port, "GET", path)
+    assert.are.equal(200, gs)
+    assert.are.equal("mysql", view.source)
+  end)
+
   it("ignores a second delivery of every event", function()
     local sku = new_sale { stock = 20 }
     for _ = 1, 10 do assert.are.equal(200, (buy(sku))) end
@@ -197,12 +226,29 @@ describe("order pipeline", function()
     local successes = tonumber(redis("HGET", "{sku:" .. sku .. "}:counts", "reserved"))
     assert.is_true(successes >= tonumber(text:match("s200=(%d+)")), text)
     assert.is_true(successes >= 300, text)
+    -- the restarted worker takes the dead one's partitions back at once (static
+    -- group membership) instead of waiting for its session to time out
+    local t0 = T.now()
     worker = start_worker()
     wait_orders(sku, successes, nil, 60)
+    local recovery = T.now() - t0
+    print(("order worker restart -> last row: %.1f s"):format(recovery))
+    assert.is_true(recovery < 10, ("last row %.1f s after the restart"):format(recovery))
     assert.are.equal(successes, sql("SELECT COUNT(*) FROM inventory_audit WHERE sku_id = " .. sku .. " AND event_type = 'reserved'"))
     assert.are.equal(successes, sql("SELECT COUNT(*) FROM order_items WHERE sku_id = " .. sku))
     local rok, rout = reconcile(sku)
     assert.is_true(rok, rout)
+
+    -- a static member does not leave the group on a clean stop: a stop and
+    -- start must be just as quick
+    T.stop(worker)
+    local later = new_sale { stock = 5 }
+    for _ = 1, 5 do assert.are.equal(200, (buy(later))) end
+    t0 = T.now()
+    worker = start_worker()
+    wait_orders(later, 5, nil, 60)
+    recovery = T.now() - t0
+    assert.is_true(recovery < 10, ("last row %.1f s after a clean restart"):format(recovery))
   end)
 
   it("keeps selling while Kafka is down and delivers every order after", function()

@@ -113,8 +113,8 @@ describe("several order workers and cleanup instances", function()
   it("lands every order in MySQL exactly once and returns expired stock exactly once", function()
     local t0 = T.now()
     -- Both workers hold partitions of `reservations` before any event is produced.  (A
-    -- member of the group that died without leaving holds up the join until the broker's
-    -- session timeout, 45 s, drops it.)
+    -- member of the group that is gone without leaving, such as an order worker another
+    -- spec stopped, holds up the join until its session times out: 10 s.)
     settle("both order workers to be assigned partitions", function()
       return held_partitions(workers[1]) > 0 and held_partitions(workers[2]) > 0
     end, 60)

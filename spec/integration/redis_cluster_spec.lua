@@ -70,7 +70,7 @@ describe("flashhost.redis on a Redis Cluster", function()
     -- two seeds of three: the third master is learnt from the slot map
     r = redis.connect { url = "redis-cluster://" .. addr_of(C.ports[1]) .. "," .. addr_of(C.ports[2]) }
     assert.is_true(r:wait_ready(5000))
-    r:load_scripts("redis-lua", stock.SCRIPTS)
+    stock.register(r, "redis-lua")
   end)
 
   teardown(function()
@@ -112,7 +112,9 @@ describe("flashhost.redis on a Redis Cluster", function()
       assert.has_error(function() r:call("MULTI") end)
       assert.has_error(function() r:call() end)
       assert.has_error(function() r:call("GET", {}) end)
-      assert.has_error(function() r:evalsha("never-registered", {}, {}) end)
+      local bare = redis.connect { cluster = { addr_of(C.ports[1]) } }
+      assert.has_error(function() bare:fcall("no-library-registered", { "k" }, {}) end)
+      bare:close()
       assert.has_error(function() r:call_node("10.9.9.9:1", "PING") end)
     end)
   end)
@@ -210,8 +212,20 @@ describe("flashhost.redis on a Redis Cluster", function()
     end)
   end)
 
-  describe("scripts", function()
-    it("runs purchase.lua on SKUs of different masters", function()
+  describe("functions", function()
+    local function libraries(port)
+      local list = cluster.cli(port, "FUNCTION", "LIST", "LIBRARYNAME", stock.LIBRARY)
+      return list:find("library_name", 1, true) and 1 or 0
+    end
+
+    it("loads the library on every master with load_functions", function()
+      for _, p in ipairs(C.ports) do cluster.cli(p, "FUNCTION", "FLUSH") end
+      for _, p in ipairs(C.ports) do assert.equal(0, libraries(p)) end
+      assert.is_true(r:load_functions())
+      for _, p in ipairs(C.ports) do assert.equal(1, libraries(p), "master " .. p) end
+    end)
+
+    it("runs purchases on SKUs of different masters", function()
       local skus = sku_per_master(1000)
       for a, sku in pairs(skus) do
         new_sale(sku, 5)
@@ -229,18 +243,31 @@ describe("flashhost.redis on a Redis Cluster", function()
       end
     end)
 
-    it("reloads a script on the one node that lost it", function()
+    it("runs a batch of purchases on one master, without the order index", function()
+      local skus = sku_per_master(1300)
+      for a, sku in pairs(skus) do
+        new_sale(sku, 2)
+        local attempts = {}
+        for i = 1, 3 do
+          attempts[i] = { p = { userId = "b" .. i, skuId = sku, quantity = 1 },
+            ids = { reservationId = core.id(), orderId = core.id(), traceId = "t" } }
+        end
+        local list = assert(stock.purchase_batch(r, sku, attempts, RULES, false))
+        assert.same({ "OK", "OK", "SOLD_OUT" }, { list[1].code, list[2].code, list[3].code }, a)
+        assert.equal(0, assert(stock.status(r, sku)).stock)
+      end
+    end)
+
+    it("reloads the library on the one node that lost it", function()
       local skus = sku_per_master(1600)
       for _, sku in pairs(skus) do new_sale(sku, 5) end
       local victim = C.ports[2]
-      local sha = cluster.cli(victim, "SCRIPT", "LOAD", io.open("redis-lua/purchase.lua"):read("*a"))
-      assert.equal("OK", r:call_node(addr_of(victim), "SCRIPT", "FLUSH"))
-      assert.equal("0", cluster.cli(victim, "SCRIPT", "EXISTS", sha))
+      assert.equal("OK", r:call_node(addr_of(victim), "FUNCTION", "FLUSH"))
+      assert.equal(0, libraries(victim))
       for a, sku in pairs(skus) do
         assert.equal("OK", assert(buy(sku, "u9", "n1")).code, a)
       end
-      assert.equal("1", cluster.cli(victim, "SCRIPT", "EXISTS", sha))
-      for _, p in ipairs(C.ports) do assert.equal("1", cluster.cli(p, "SCRIPT", "EXISTS", sha)) end
+      for _, p in ipairs(C.ports) do assert.equal(1, libraries(p), "master " .. p) end
     end)
   end)
 
@@ -264,7 +291,7 @@ describe("flashhost.redis on a Redis Cluster", function()
       assert.is_truthy(wait_until(3000, function() return r:stats().refreshes > st0.refreshes end))
       assert.equal(addr_of(to), r:node_of(key))
       assert.equal(addr_of(cluster.owner(C, key)), r:node_of(key))
-      -- the script is loaded where it now runs, and purchases go on
+      -- the library is loaded where it now runs, and purchases go on
       assert.equal("OK", assert(buy(sku, "m1", "m1")).code)
       assert.equal("6", cluster.cli(to, "GET", key))
       assert.equal(st0.moved + 1, r:stats().moved)
@@ -312,7 +339,7 @@ describe("flashhost.redis on a Redis Cluster", function()
       -- is sent again until the migration ends
       local quick = redis.connect { cluster = { addr_of(C.ports[1]) }, timeout_ms = 150 }
       assert.is_true(quick:wait_ready(3000))
-      quick:load_scripts("redis-lua", stock.SCRIPTS)
+      stock.register(quick, "redis-lua")
       local v, err = stock.purchase(quick, { userId = "a1", skuId = sku, quantity = 1 },
         { reservationId = core.id(), orderId = core.id() }, RULES)
       assert.is_nil(v)

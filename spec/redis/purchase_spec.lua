@@ -1,7 +1,8 @@
--- redis-lua/purchase.lua against a real redis-server (database 9).
+-- One purchase attempt (purchase_batch with n = 1) of redis-lua/flashhost.lua
+-- against a real redis-server (database 9).  Batches: batch_spec.lua.
 local scripts = require 'spec.redis.scripts'
 
-describe('purchase.lua', function()
+describe('purchase', function()
   local r, S, K
 
   before_each(function()
@@ -111,13 +112,13 @@ describe('purchase.lua', function()
       r.sale(S, { initial = 5 })
       local first = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', rlCapacity = 2, rlRate = 0.001 })
       assert.are.equal('OK', first.code)
-      local tokens = r.client:hget(K.rl('u1'), 'tokens')
+      local tokens = r.client:hget(K.u('u1'), 'tokens')
       for _ = 1, 5 do
         local again = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', rlCapacity = 2, rlRate = 0.001 })
         assert.are.equal('REPLAY', again.code)
         assert.are.same(first, again.result)
       end
-      assert.are.equal(tokens, r.client:hget(K.rl('u1'), 'tokens'))
+      assert.are.equal(tokens, r.client:hget(K.u('u1'), 'tokens'))
       local s = r.check(S)
       assert.are.equal(4, s.stock)
       assert.are.equal(1, #r.events(S))
@@ -135,7 +136,7 @@ describe('purchase.lua', function()
       assert.are.same({ code = 'IDEMPOTENCY_KEY_REUSED' }, r.purchase(S, 'u2', { key = 'k1', hash = 'h1' }))
       assert.are.same({ code = 'IDEMPOTENCY_KEY_REUSED' }, r.purchase(S, 'u2', { key = 'k1', hash = 'other' }))
       assert.are.equal(4, r.check(S).stock)
-      assert.is_false(r.client:exists(K.rl('u2')))
+      assert.is_false(r.client:exists(K.u('u2')))
     end)
 
     it('refuses the same key with a different body with IDEMPOTENCY_MISMATCH', function()
@@ -178,7 +179,7 @@ describe('purchase.lua', function()
       assert.are.equal('OK', r.purchase(S, 'u2', { rlCapacity = 1, rlRate = 0.001, perUserLimit = 0 }).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u2', rl).code)
       assert.is_false(r.client:exists(K.idem('q')))
-      r.client:hset(K.rl('u2'), 'ts', '0')  -- refill the bucket
+      r.client:hset(K.u('u2'), 'ts', '0')  -- refill the bucket
       assert.are.equal('OK', r.purchase(S, 'u2', rl).code)
       r.check(S)
     end)
@@ -217,12 +218,12 @@ describe('purchase.lua', function()
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
       -- 1500 s ago at 0.001/s: 1.5 tokens came back
       local now = r.now()
-      r.client:hset(K.rl('u1'), 'ts', tostring(now - 1500000))
+      r.client:hset(K.u('u1'), 'ts', tostring(now - 1500000))
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
-      assert.is_true(math.abs(tonumber(r.client:hget(K.rl('u1'), 'tokens')) - 0.5) < 0.01)
+      assert.is_true(math.abs(tonumber(r.client:hget(K.u('u1'), 'tokens')) - 0.5) < 0.01)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
       -- far in the past: never more than capacity
-      r.client:hset(K.rl('u1'), 'ts', '0')
+      r.client:hset(K.u('u1'), 'ts', '0')
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
@@ -244,17 +245,29 @@ describe('purchase.lua', function()
       assert.are.equal('OK', code)
     end)
 
-    it('lets the bucket vanish once it would be full again', function()
+    it('lets the bucket vanish once it would be full again, but never a held count', function()
       r.sale(S, { initial = 10 })
-      r.purchase(S, 'u1', { rlCapacity = 4, rlRate = 2 })
-      local ttl = r.client:pttl(K.rl('u1'))
+      -- a refusal that took a token: the key holds nothing else
+      assert.are.equal('LIMIT_EXCEEDED', r.purchase(S, 'u1', { rlCapacity = 4, rlRate = 2, quantity = 2 }).code)
+      local ttl = r.client:pttl(K.u('u1'))
       assert.is_true(ttl > 1900 and ttl <= 2000)
+      -- a ticket held: the key stays, whatever the bucket
+      local a = r.purchase(S, 'u1', { rlCapacity = 4, rlRate = 2 })
+      assert.are.equal('OK', a.code)
+      assert.are.equal(-1, r.client:pttl(K.u('u1')))
+      assert.are.equal('1', r.client:hget(K.u('u1'), 'held'))
+      -- given back: the bucket alone lasts until it is full again
+      assert.are.equal('OK', r.release(S, a.reservationId, 'canceled').code)
+      ttl = r.client:pttl(K.u('u1'))
+      assert.is_true(ttl > 1500 and ttl <= 2000, 'ttl ' .. ttl)
+      assert.is_false(r.client:hexists(K.u('u1'), 'held'))
+      r.check(S)
     end)
 
     it('is off with rlCapacity 0, and the sale hash wins over the app default', function()
       r.sale(S, { initial = 10 })
       for _ = 1, 5 do assert.are.equal('OK', r.purchase(S, 'u1', { rlCapacity = 0, perUserLimit = 0 }).code) end
-      assert.is_false(r.client:exists(K.rl('u1')))
+      assert.is_false(r.client:hexists(K.u('u1'), 'tokens'))  -- the key holds the tickets only
       r.sale(S, { initial = 10, rlCapacity = 1, rlRate = 0.001 })
       assert.are.equal('OK', r.purchase(S, 'u2', { rlCapacity = 0, perUserLimit = 0 }).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u2', { rlCapacity = 0, perUserLimit = 0 }).code)
@@ -361,15 +374,14 @@ describe('purchase.lua', function()
       fails('rlRate', function() r.purchase(S, 'u1', { rlRate = 0 }) end)
       fails('ttlSec', function() r.purchase(S, 'u1', { ttlSec = 'soon' }) end)
       fails('perUserLimit', function() r.purchase(S, 'u1', { perUserLimit = 'x' }) end)
+      local argv = { 1, 1, 300, 20, 5, '0', 'u1', 1, '', 'h', 'x', 'o', 't' }
       fails('KEYS%[7%]', function()
-        r.eval('purchase', { K.sale, K.stock, K.counts, K.users, K.pending, K.outbox, K.rl('other'), K.idem(''), K.res('x') },
-          { 'u1', 1, '', 'h', 'x', 'o', 't', 1, 300, 20, 5 })
+        r.fcall('purchase_batch', { K.sale, K.stock, K.counts, K.pending, K.outbox, K.okkeys, K.u('other'), K.idem(''), K.res('x') }, argv)
       end)
       fails('KEYS%[2%]', function()
-        r.eval('purchase', { K.sale, '{sku:43}:stock', K.counts, K.users, K.pending, K.outbox, K.rl('u1'), K.idem(''), K.res('x') },
-          { 'u1', 1, '', 'h', 'x', 'o', 't', 1, 300, 20, 5 })
+        r.fcall('purchase_batch', { K.sale, '{sku:43}:stock', K.counts, K.pending, K.outbox, K.okkeys, K.u('u1'), K.idem(''), K.res('x') }, argv)
       end)
-      fails('KEYS%[1%]', function() r.eval('purchase', { 'sale' }, { 'u1', 1 }) end)
+      fails('KEYS%[1%]', function() r.fcall('purchase_batch', { 'sale' }, { 1 }) end)
       assert.are.equal(before, r.client:dbsize())
       assert.are.equal(0, #r.events(S))
     end)

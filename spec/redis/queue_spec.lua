@@ -1,12 +1,11 @@
--- redis-lua/queue.lua (the waiting room's function library) and the queue
--- checks of sale.lua and purchase.lua, against a real redis-server (database 9).
+-- The waiting room's functions (queue_* in redis-lua/flashhost.lua) and the
+-- queue checks of sale and purchase_batch, against a real redis-server (database 9).
 local cjson = require 'cjson'
 local redis = require 'redis'
 local scripts = require 'spec.redis.scripts'
 
 redis.commands.fcall = redis.command('FCALL')
 redis.commands.fcall_ro = redis.command('FCALL_RO')
-redis.commands['function'] = redis.command('FUNCTION')
 
 local function order_of(t)
   local parts = {}
@@ -40,7 +39,6 @@ describe('queue functions', function()
   before_each(function()
     r = scripts.setup()
     c = r.client
-    c['function'](c, 'LOAD', 'REPLACE', scripts.source('queue'))
     S = '77'
     K = scripts.keys(S)
   end)
@@ -52,9 +50,13 @@ describe('queue functions', function()
     assert.are.same({ code = 'QUEUE_TOKEN_REQUIRED' }, a)
     assert.are.equal('5', c:get(K.stock))
     assert.is_nil(c:get(K.idem('k1')))
-    assert.is_nil(c:hgetall(K.rl('1')).tokens)
-    local ok = r.purchase(S, '1', { key = 'q:x', queueTicket = 'x' })
+    assert.is_false(c:exists(K.u('1')), 'no rate token taken')
+    -- a client's key that looks like a token's is still no token
+    assert.are.same({ code = 'QUEUE_TOKEN_REQUIRED' }, r.purchase(S, '1', { key = 'q:1' }))
+    -- the key a checked token buys under
+    local ok = r.purchase(S, '1', { key = 'q 1:1' })
     assert.are.equal('OK', ok.code)
+    assert.are.equal('REPLAY', r.purchase(S, '1', { key = 'q 1:1' }).code)
     r.check(S)
   end)
 
@@ -116,7 +118,7 @@ describe('queue functions', function()
     call('queue_used', 1)
     -- ticket 2 bought, but the app's note was lost: its idempotency key tells
     local gen = meta().gen
-    c:set(K.idem('q:' .. gen .. ':2'), '{}')
+    c:set(K.idem('q ' .. gen .. ':2'), '{}')
     -- the tokens' expiry, moved into the past instead of waiting for it
     for s = 1, 3 do c:zadd(K.prefix .. 'q:live', 1, tostring(s)) end
     local a = step(0)
@@ -131,7 +133,7 @@ describe('queue functions', function()
     queued_sale { initial = 1 }
     for u = 1, 3 do call('queue_join', tostring(u)) end
     step(1)
-    assert.are.equal('OK', r.purchase(S, '1', { key = 'q:a', queueTicket = '1' }).code)
+    assert.are.equal('OK', r.purchase(S, '1', { key = 'q ' .. meta().gen .. ':1' }).code)
     local a = step(5)
     assert.is_true(a.soldOut)
     assert.are.equal(0, a.admitted)

@@ -1,7 +1,7 @@
--- redis-lua/release.lua against a real redis-server (database 9).
+-- The release function of redis-lua/flashhost.lua against a real redis-server (database 9).
 local scripts = require 'spec.redis.scripts'
 
-describe('release.lua', function()
+describe('release', function()
   local r, S, K
 
   before_each(function()
@@ -21,7 +21,10 @@ describe('release.lua', function()
         quantity = 3, status = 'CANCELED', expiresAt = a.expiresAt }, c)
       local s = r.check(S)
       assert.are.same({ 4, 0, 0, 3, 0 }, { s.stock, s.reserved, s.sold, s.canceled, s.expired })
-      assert.are.same({}, s.users)  -- an emptied entry is removed, not left at 0
+      assert.are.same({}, s.users)
+      -- nothing held: the key keeps only the bucket, until it is full again
+      assert.is_false(r.client:hexists(K.u('u1'), 'held'))
+      assert.is_true(r.client:pttl(K.u('u1')) > 0)
       assert.are.same({}, s.pending)
       assert.are.equal('CANCELED', r.res(S, a.reservationId).status)
       assert.is_true(r.client:pttl(K.res(a.reservationId)) > 86000000)
@@ -143,7 +146,7 @@ describe('release.lua', function()
     ok, err = pcall(r.release, S, '', 'canceled')
     assert.is_false(ok)
     assert.matches('reservationId', err)
-    ok, err = pcall(r.eval, 'release', { K.res(a.reservationId), '{sku:8}:stock', K.counts, K.users, K.pending, K.outbox },
+    ok, err = pcall(r.fcall, 'release', { K.res(a.reservationId), '{sku:8}:stock', K.counts, K.pending, K.outbox },
       { a.reservationId, 'canceled' })
     assert.is_false(ok)
     assert.matches('KEYS%[2%]', err)

@@ -1,6 +1,6 @@
--- Support for spec/redis/*_spec.lua (not a spec itself): calls the scripts of
--- redis-lua/ with KEYS and ARGV in the order redis-lua/README.md gives, and reads
--- back the state and the outbox to check the invariants.
+-- Support for spec/redis/*_spec.lua (not a spec itself): calls the functions of
+-- redis-lua/flashhost.lua with KEYS and ARGV in the order redis-lua/README.md
+-- gives, and reads back the state and the outbox to check the invariants.
 local cjson = require 'cjson'
 local redis = require 'redis'
 local helpers = require 'spec.helpers'
@@ -10,11 +10,14 @@ local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$'
 local xrange = redis.command('XRANGE')
 local time = redis.command('TIME')
 
-local M = { NAMES = { 'sale', 'purchase', 'confirm', 'release', 'expire' } }
+local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease',
+  'queue_setup', 'queue_drop', 'queue_join', 'queue_state', 'queue_order', 'queue_ticket', 'queue_open',
+  'queue_advance', 'queue_used', 'queue_rate' } }
 M.root = root
+M.LIBRARY = 'redis-lua/flashhost.lua'
 
-function M.source(name)
-  local f = assert(io.open(root .. 'redis-lua/' .. name .. '.lua'))
+function M.source()
+  local f = assert(io.open(root .. M.LIBRARY))
   local text = f:read('*a')
   f:close()
   return text
@@ -23,73 +26,106 @@ end
 function M.keys(sku)
   local p = '{sku:' .. sku .. '}:'
   return {
-    prefix = p, sale = p .. 'sale', stock = p .. 'stock', counts = p .. 'counts', users = p .. 'users',
+    prefix = p, sale = p .. 'sale', stock = p .. 'stock', counts = p .. 'counts',
     pending = p .. 'pending', outbox = p .. 'outbox',
-    rl = function(user) return p .. 'rl:' .. user end,
+    u = function(user) return p .. 'u:' .. user end,
     idem = function(key) return p .. 'idem:' .. key end,
     okkeys = p .. 'okkeys',
     res = function(id) return p .. 'res:' .. id end,
   }
 end
 
--- Database 9, flushed unless o.flush == false, with every script loaded. Returns the API below.
+local fcall, fcall_ro, function_cmd = redis.command('FCALL'), redis.command('FCALL_RO'), redis.command('FUNCTION')
+local scan = redis.command('SCAN')
+
+-- Database 9, flushed unless o.flush == false, with the library loaded. Returns the API below.
 function M.setup(o)
   local client = helpers.redis()
   if not (o and o.flush == false) then client:flushdb() end
-  local sha, seq = {}, 0
-  for _, name in ipairs(M.NAMES) do sha[name] = client:script('load', M.source(name)) end
+  assert.are.equal('flashhost', function_cmd(client, 'LOAD', 'REPLACE', M.source()))
+  local seq = 0
 
   local api = { client = client }
 
-  -- EVALSHA; answers are decoded, error replies raise.
-  function api.eval(name, keys, argv)
-    local args = { sha[name], #keys }
+  -- FCALL (FCALL_RO for status); answers are decoded, error replies raise.
+  function api.fcall(name, keys, argv)
+    local args = { name, #keys }
     for _, k in ipairs(keys) do args[#args + 1] = k end
     for i = 1, table.maxn(argv) do args[#args + 1] = argv[i] == nil and '' or tostring(argv[i]) end
-    return cjson.decode(client:evalsha(args))
+    local call = name == 'status' and fcall_ro or fcall
+    return cjson.decode(call(client, unpack(args)))
   end
 
   function api.sale(sku, o)
     o = o or {}
     local k = M.keys(sku)
-    return api.eval('sale', { k.sale, k.stock, k.counts, k.users, k.pending, k.outbox },
+    return api.fcall('sale', { k.sale, k.stock, k.counts, k.pending, k.outbox },
       { o.name or ('sale ' .. sku), o.price or 50, o.initial or 10, o.startsAt, o.endsAt,
         o.perUserLimit, o.ttlSec, o.rlCapacity, o.rlRate, o.traceId, o.queue and '1' or nil })
   end
 
-  -- o: quantity, key, hash, resId, orderId, traceId and the app's defaults
-  -- perUserLimit, ttlSec, rlCapacity, rlRate (DESIGN.md's defaults unless given).
+  -- The KEYS and ARGV of purchase_batch for attempts { user, quantity, key, hash,
+  -- resId, orderId, traceId }, with o: the app's defaults perUserLimit, ttlSec,
+  -- rlCapacity, rlRate (DESIGN.md's defaults unless given) and index.
+  function api.batch_args(sku, attempts, o)
+    o = o or {}
+    local k = M.keys(sku)
+    local keys = { k.sale, k.stock, k.counts, k.pending, k.outbox, k.okkeys }
+    local argv = { #attempts, o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5,
+      o.index and '1' or '0' }
+    for _, a in ipairs(attempts) do
+      seq = seq + 1
+      a.resId, a.orderId, a.key = a.resId or ('r' .. seq), a.orderId or ('o' .. seq), a.key or ''
+      keys[#keys + 1], keys[#keys + 2], keys[#keys + 3] = k.u(a.user), k.idem(a.key), k.res(a.resId)
+      for _, v in ipairs({ a.user, a.quantity or 1, a.key, a.hash or 'h', a.resId, a.orderId, a.traceId or 'trace-p' }) do
+        argv[#argv + 1] = v
+      end
+    end
+    if o.index then
+      for _, a in ipairs(attempts) do keys[#keys + 1] = 'order:' .. a.orderId end
+    end
+    return keys, argv
+  end
+
+  -- One purchase_batch call: the list of answers.
+  function api.batch(sku, attempts, o)
+    return api.fcall('purchase_batch', api.batch_args(sku, attempts, o))
+  end
+
+  -- One attempt, a batch of one. o: quantity, key, hash, resId, orderId, traceId and the defaults.
   function api.purchase(sku, user, o)
     o = o or {}
-    seq = seq + 1
-    local k = M.keys(sku)
-    local resId, key = o.resId or ('r' .. seq), o.key or ''
-    return api.eval('purchase',
-      { k.sale, k.stock, k.counts, k.users, k.pending, k.outbox, k.rl(user), k.idem(key), k.res(resId), k.okkeys },
-      { user, o.quantity or 1, key, o.hash or 'h', resId, o.orderId or ('o' .. seq), o.traceId or 'trace-p',
-        o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5, o.queueTicket })
+    local list = api.batch(sku, { { user = user, quantity = o.quantity, key = o.key, hash = o.hash,
+      resId = o.resId, orderId = o.orderId, traceId = o.traceId } }, o)
+    assert.are.equal(1, #list)
+    return list[1]
   end
 
   function api.confirm(sku, id, o)
     o = o or {}
     local k = M.keys(sku)
-    return api.eval('confirm', { k.res(id), k.stock, k.counts, k.users, k.pending, k.outbox },
+    return api.fcall('confirm', { k.res(id), k.stock, k.counts, k.pending, k.outbox },
       { id, o.paymentRef, o.userId, o.traceId })
   end
 
   function api.release(sku, id, reason, o)
     o = o or {}
     local k = M.keys(sku)
-    return api.eval('release', { k.res(id), k.stock, k.counts, k.users, k.pending, k.outbox },
+    return api.fcall('release', { k.res(id), k.stock, k.counts, k.pending, k.outbox },
       { id, reason, o.userId, o.traceId })
   end
 
   function api.expire(sku, limit, traceId)
     local k = M.keys(sku)
-    return api.eval('expire', { k.stock, k.counts, k.users, k.pending, k.outbox }, { limit or 100, traceId })
+    return api.fcall('expire', { k.stock, k.counts, k.pending, k.outbox }, { limit or 100, traceId })
   end
 
-  -- Redis's clock in milliseconds (the scripts' "now").
+  function api.status(sku, deep)
+    local k = M.keys(sku)
+    return api.fcall('status', { k.sale, k.stock, k.counts, k.pending, k.outbox }, { deep and 'deep' or '' })
+  end
+
+  -- Redis's clock in milliseconds (the functions' "now").
   function api.now()
     local t = time(client)
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -124,7 +160,21 @@ function M.setup(o)
       users = {}, pending = client:zrange(k.pending, 0, -1),
     }
     for _, f in ipairs({ 'reserved', 'sold', 'canceled', 'expired' }) do s[f] = tonumber(counts[f]) or 0 end
-    for u, n in pairs(client:hgetall(k.users)) do s.users[u] = tonumber(n) end
+    -- Tickets held per user: the user keys of this sale generation (a test
+    -- database is small enough to scan; the functions never do).
+    local cursor = '0'
+    repeat
+      local page = scan(client, cursor, 'MATCH', k.prefix .. 'u:*', 'COUNT', 1000)
+      cursor = page[1]
+      for _, key in ipairs(page[2]) do
+        local u = client:hgetall(key)
+        local held = tonumber(u.held) or 0
+        assert.is_true(held >= 0, key .. ' holds a negative count')
+        if u.gen == sale.gen and held > 0 then s.users[key:sub(#k.prefix + 3)] = held end
+        -- a key that holds tickets never expires
+        if held > 0 then assert.are.equal(-1, client:pttl(key), key .. ' holds tickets but expires') end
+      end
+    until cursor == '0'
     return s
   end
 

@@ -1,15 +1,15 @@
--- Static rules for every script of redis-lua/ (no redis-server needed).
+-- Static rules for the library redis-lua/flashhost.lua (no redis-server needed).
 local scripts = require 'spec.redis.scripts'
 
--- What a Redis script may read from the global scope; it may write none.
+-- What a Redis function may read from the global scope; it may write none.
 local ALLOWED = {
-  KEYS = true, ARGV = true, redis = true, cjson = true, string = true, math = true, table = true,
+  redis = true, cjson = true, string = true, math = true, table = true,
   tonumber = true, tostring = true, type = true, error = true, ipairs = true, pairs = true,
   next = true, unpack = true, select = true, pcall = true,
 }
 
-local function globals(name)
-  local p = assert(io.popen('luajit -bl ' .. scripts.root .. 'redis-lua/' .. name .. '.lua 2>&1'))
+local function globals()
+  local p = assert(io.popen('luajit -bl ' .. scripts.root .. scripts.LIBRARY .. ' 2>&1'))
   local listing = p:read('*a')
   p:close()
   assert.matches('GGET', listing)  -- it compiled
@@ -18,32 +18,40 @@ local function globals(name)
   return used
 end
 
-local function shared(name)
-  return scripts.source(name):match('%-%- shared:begin.-%-%- shared:end\n')
-end
+describe('redis-lua/flashhost.lua', function()
+  local src = scripts.source()
 
-describe('redis-lua scripts', function()
-  for _, name in ipairs(scripts.NAMES) do
-    it(name .. '.lua uses no globals but the Redis Lua API', function()
-      for _, use in ipairs(globals(name)) do
-        local op, g = use:match('(%S+) (%S+)')
-        assert.are.equal('GGET', op, name .. ' writes global ' .. g)
-        assert.is_true(ALLOWED[g], name .. ' reads global ' .. g)
-      end
-    end)
+  it('is one library named flashhost', function()
+    assert.are.equal('#!lua name=flashhost\n', src:match('^[^\n]*\n'))
+  end)
 
-    it(name .. ".lua takes its clock from redis.call('TIME') only", function()
-      local src = scripts.source(name)
-      assert.matches("redis%.call%('TIME'%)", src)
-      assert.is_nil(src:match('os%.'))
-    end)
-  end
-
-  it('keeps the shared release block identical in confirm, release, expire and sale', function()
-    local block = shared('release')
-    assert.is_string(block)
-    for _, name in ipairs({ 'confirm', 'expire', 'sale' }) do
-      assert.are.equal(block, shared(name), name .. '.lua differs from release.lua')
+  it('uses no globals but the Redis Lua API (KEYS and ARGV neither: functions get them as arguments)', function()
+    for _, use in ipairs(globals()) do
+      local op, g = use:match('(%S+) (%S+)')
+      assert.are.equal('GGET', op, 'writes global ' .. g)
+      assert.is_true(ALLOWED[g], 'reads global ' .. g)
     end
+  end)
+
+  it("takes its clock from redis.call('TIME') only, in one place", function()
+    local _, n = src:gsub("redis%.call%('TIME'%)", '')
+    assert.are.equal(1, n)
+    assert.is_nil(src:match('os%.'))
+  end)
+
+  it('registers every function the app calls, status as read-only', function()
+    local names = {}
+    for name in src:gmatch("redis%.register_function%('([%w_]+)'") do names[#names + 1] = name end
+    for name in src:gmatch("redis%.register_function{ function_name = '([%w_]+)'") do names[#names + 1] = name end
+    table.sort(names)
+    local want = { unpack(scripts.FUNCTIONS) }
+    table.sort(want)
+    assert.are.same(want, names)
+    assert.matches("function_name = 'status', callback = status, flags = { 'no%-writes' }", src)
+  end)
+
+  it('gives stock back in one place only: the release step every function shares', function()
+    local _, n = src:gsub("redis%.call%('INCRBY'", '')
+    assert.are.equal(1, n)
   end)
 end)

@@ -171,18 +171,28 @@ local Consumer = {}
 Consumer.__index = Consumer
 
 -- kafka.consumer{ brokers, group, topics = { ... }, config, max_buffered = 2000,
---                 close_timeout_ms = 10000, client_id } -> consumer | nil, err
+--                 close_timeout_ms = 10000, client_id, instance_id } -> consumer | nil, err
 -- Starts from the earliest offset when the group has none committed.
+-- instance_id makes the consumer a static member of its group (KIP-345): a
+-- consumer that comes back under the same id within session.timeout.ms gets
+-- its partitions back at once, with no rebalance.  The price: a static member
+-- does not leave the group when it closes, so a consumer that stops for good
+-- holds its partitions until its session times out.  Two live consumers with
+-- one id fence each other: the id must be unique in the group.
 function M.consumer(opts)
   opts = check_opts(opts, 2)
   if type(opts.group) ~= "string" or opts.group == "" then error("consumer needs a group", 2) end
   if type(opts.topics) ~= "table" or #opts.topics == 0 then error("consumer needs topics = { ... }", 2) end
+  if opts.instance_id ~= nil and (type(opts.instance_id) ~= "string" or opts.instance_id == "") then
+    error("instance_id must be a non-empty string", 2)
+  end
   local conf = merge_conf({
     ["bootstrap.servers"] = brokers_of(opts.brokers, 2),
     ["group.id"] = opts.group,
     ["client.id"] = opts.client_id or "flashhost",
     ["auto.offset.reset"] = "earliest",
   }, opts.config, 2)
+  if opts.instance_id then conf["group.instance.id"] = opts.instance_id end
   -- The caller commits after its work is durable (at-least-once).
   conf["enable.auto.commit"] = "false"
   conf["enable.auto.offset.store"] = "false"
@@ -231,7 +241,8 @@ function Consumer:lag()
   return self._c:lag()
 end
 
--- c:close() -> true: leaves the group (bounded) and destroys the handle.
+-- c:close() -> true: leaves the group (bounded; a static member does not
+-- leave) and destroys the handle.
 function Consumer:close()
   return self._c:close()
 end

@@ -43,7 +43,7 @@ Metric.__index = Metric
 -- definition repeated by the next generation finds the same family.
 local function define(kind, name, help, label_names, buckets)
   store.define(name, kind, help, buckets)
-  return setmetatable({ kind = kind, name = name, labels = label_names or {} }, Metric)
+  return setmetatable({ kind = kind, name = name, labels = label_names or {}, cache = {}, cached = 0 }, Metric)
 end
 
 -- Gauges whose value is read from a shared source at scrape time (the same
@@ -62,9 +62,43 @@ function M.histogram(name, help, labels, buckets)
   return define("histogram", name, help, labels, buckets or DEFAULT_BUCKETS)
 end
 
-function Metric:inc(labels, by) store.add(self.name, label_string(self.labels, labels), by or 1) end
-function Metric:set(labels, v) store.set(self.name, label_string(self.labels, labels), v) end
-function Metric:observe(labels, v) store.observe(self.name, label_string(self.labels, labels), v) end
+-- The label string of a sample, built once per distinct set of values: a hot
+-- route would otherwise escape and join the same strings on every request.
+-- A tree keyed by each label's value in turn; a family with more than
+-- MAX_CACHED distinct series stops caching new ones (its memory stays bounded
+-- if a label ever carries unbounded values).
+local MAX_CACHED = 10000
+local function labels_of(self, labels)
+  local names = self.labels
+  local n = #names
+  if n == 0 or not labels then return "" end
+  local node = self.cache
+  for i = 1, n - 1 do
+    local v = labels[names[i]]
+    if v == nil then v = "" end
+    local nxt = node[v]
+    if not nxt then
+      if self.cached >= MAX_CACHED then return label_string(names, labels) end
+      nxt = {}
+      node[v] = nxt
+    end
+    node = nxt
+  end
+  local v = labels[names[n]]
+  if v == nil then v = "" end
+  local s = node[v]
+  if s then return s end
+  s = label_string(names, labels)
+  if self.cached < MAX_CACHED then
+    node[v] = s
+    self.cached = self.cached + 1
+  end
+  return s
+end
+
+function Metric:inc(labels, by) store.add(self.name, labels_of(self, labels), by or 1) end
+function Metric:set(labels, v) store.set(self.name, labels_of(self, labels), v) end
+function Metric:observe(labels, v) store.observe(self.name, labels_of(self, labels), v) end
 
 -- This process's samples as Prometheus text.
 M.render = store.render

@@ -4,6 +4,8 @@
 --   local r = redis.connect { url = "redis://:secret@127.0.0.1:6379/0" }  -- never yields
 --   r:wait_ready(1000)                      -- optional: true | nil, "timeout"
 --   local v, err = r:call("GET", "k")       -- yields
+--   r:load_library("redis-lua/flashhost.lua") -- a Redis Function library
+--   local a, err = r:fcall("status", { "k" }, { "x" })  -- yields
 --
 -- One connection per client, shared by every coroutine: calls from many tasks
 -- are pipelined on it.  Every call answers one of
@@ -19,7 +21,7 @@
 --
 -- The client reconnects by itself, forever, with backoff (50 ms doubling to
 -- 2 s, jittered).  Commands that would break a shared connection (MULTI/EXEC,
--- WATCH, SUBSCRIBE, MONITOR, SELECT, ...) raise: use a script instead, and the
+-- WATCH, SUBSCRIBE, MONITOR, SELECT, ...) raise: use a function instead, and the
 -- URL for the database.  Blocking commands (BLPOP, ...) stall every coroutine
 -- behind them; give them their own client.
 --
@@ -27,6 +29,7 @@
 -- gets a client with this same API from flashhost/redis_cluster.lua; nothing
 -- below changes for a single node.
 local driver = require "flashhost.redis.driver"
+local scripts = require "flashhost.redis_scripts"
 
 local M = { null = driver.null }
 
@@ -100,7 +103,7 @@ function M.connect(opts)
     opts.max_pending or 10000, cfg.password, cfg.username)
   return setmetatable({
     _c = c,
-    _scripts = {},
+    _libs = scripts.new(),
     _connect_timeout = opts.connect_timeout_ms or 1000,
     url = M.redact(url),
   }, Client)
@@ -133,71 +136,55 @@ function Client:close()
   return self._c:close()
 end
 
--- r:script(name, source) registers a server-side script under a name; nothing
--- is sent until the first r:evalsha(name, ...).  Returns the client.
-function Client:script(name, source)
-  if type(name) ~= "string" then error("script name must be a string", 2) end
-  if type(source) ~= "string" then error("script source must be a string", 2) end
-  local s = self._scripts[name]
-  if not s or s.source ~= source then self._scripts[name] = { source = source } end
-  return self
+-- Redis Functions: r:functions(name, source) and r:load_library(path)
+-- register a library (flashhost/redis_scripts.lua); r:fcall runs one of its
+-- functions.
+scripts.install(Client)
+
+-- Loads every registered library on this client's Redis.
+local function load(self)
+  local libs, version = self._libs, self._libs.version
+  local ok, err = scripts.load(function(...) return self._c:call(...) end, libs)
+  if ok then self._loaded = version end
+  return ok, err
 end
 
--- r:load_scripts(dir, names) registers dir/<name>.lua for every name; a missing
--- or unreadable file raises (a broken deployment must not start).  Returns the
--- client.  Any client with r:script will do (the cluster client shares it).
-function M.load_scripts(self, dir, names)
-  if type(dir) ~= "string" or type(names) ~= "table" then
-    error("load_scripts(dir, names): a folder and a list of script names", 2)
+-- r:load_functions() -> true | nil, err.  Yields: FUNCTION LOAD REPLACE of
+-- every registered library now, e.g. in a start hook, so the first requests
+-- do not each load it.
+function Client:load_functions()
+  local ok, err = load(self)
+  if not ok then return nil, err end
+  return true
+end
+
+local function fcall(self, cmd, name, keys, args)
+  local argv, n = scripts.argv(cmd, name, keys, args, 3)
+  if #self._libs.names == 0 then error("no redis function library registered (r:functions)", 3) end
+  if self._loaded ~= self._libs.version then
+    local ok, err = load(self)
+    if not ok then return ok, err end
   end
-  for _, name in ipairs(names) do
-    local path = dir:gsub("/$", "") .. "/" .. name .. ".lua"
-    local f, err = io.open(path, "rb")
-    if not f then error("redis script " .. name .. ": " .. tostring(err), 2) end
-    local src = f:read("*a")
-    f:close()
-    if not src then error("redis script " .. name .. ": cannot read " .. path, 2) end
-    self:script(name, src)
-  end
-  return self
-end
-Client.load_scripts = M.load_scripts
-
--- SCRIPT LOAD; remembers the SHA1 Redis computed.
-local function load_script(c, s)
-  local sha, err = c:call("SCRIPT", "LOAD", s.source)
-  if not sha then return sha, err end
-  s.sha = sha
-  return sha
-end
-
--- r:evalsha(name, keys, args) -> as r:call.  Loads the script on first use and
--- again when Redis lost it (NOSCRIPT after a restart or SCRIPT FLUSH), then
--- retries once.  keys and args are lists (no holes) of strings or numbers.
-function Client:evalsha(name, keys, args)
-  local s = self._scripts[name]
-  if not s then error("unknown redis script '" .. tostring(name) .. "' (register it with r:script)", 2) end
   local c = self._c
-  if not s.sha then
-    local sha, err = load_script(c, s)
-    if not sha then return sha, err end
-  end
-  local argv, n = { "EVALSHA", s.sha, 0 }, 3
-  if keys then
-    argv[3] = #keys
-    for i = 1, #keys do n = n + 1; argv[n] = keys[i] end
-  end
-  if args then
-    for i = 1, #args do n = n + 1; argv[n] = args[i] end
-  end
   local res, err = c:call(unpack(argv, 1, n))
-  if res == false and err:sub(1, 8) == "NOSCRIPT" then
-    local sha, lerr = load_script(c, s)
-    if not sha then return sha, lerr end
-    argv[2] = sha
+  if res == false and scripts.missing(err) then
+    local ok, lerr = load(self)
+    if not ok then return ok, lerr end
     res, err = c:call(unpack(argv, 1, n))
   end
   return res, err
+end
+
+-- r:fcall(name, keys, args) -> as r:call.  Loads the libraries on first use and
+-- again when Redis lost them (a restart with empty data, FUNCTION FLUSH), then
+-- retries once.  keys and args are lists (no holes) of strings or numbers.
+function Client:fcall(name, keys, args)
+  return fcall(self, "FCALL", name, keys, args)
+end
+
+-- r:fcall_ro(name, keys, args): as r:fcall, for a function flagged no-writes.
+function Client:fcall_ro(name, keys, args)
+  return fcall(self, "FCALL_RO", name, keys, args)
 end
 
 return M

@@ -5,9 +5,9 @@
 --   redis.connect { cluster = { "127.0.0.1:7000", "127.0.0.1:7001" }, password = ... }
 --
 -- (REDIS_URL may hold the cluster form, so apps run unchanged).  The client
--- has the API of a single-node client (call, evalsha, script, load_scripts,
--- wait_ready, status, stats, close) and the same three-way answers, plus
--- masters(), node_of(key) and call_node(addr, ...).
+-- has the API of a single-node client (call, fcall, fcall_ro, functions,
+-- load_library, load_functions, wait_ready, status, stats, close) and the same
+-- three-way answers, plus masters(), node_of(key) and call_node(addr, ...).
 --
 -- How it works.  One single-node client (one shared, pipelined connection)
 -- per master, and the slot map (CLUSTER SLOTS, asked of any node that is up).
@@ -33,8 +33,9 @@
 --   CLUSTERDOWN       nil, "cluster down" (Redis is not usable for this slot;
 --                     like a lost connection, not like a refusal).
 -- At most 5 redirections per call, then the last error reply is answered.
--- NOSCRIPT is handled per node: a script is loaded on the node that lacks it
--- and the call is sent again.
+-- Function libraries are per node (masters do not share them): each master
+-- gets them with FUNCTION LOAD REPLACE before its first FCALL, and a node that
+-- answers "Function not found" gets them again before the call is resent.
 --
 -- A master that is down answers nil, "not connected" for its slots at once
 -- (its client reconnects by itself) while the others keep working; transport
@@ -45,6 +46,7 @@ local redis = require "flashhost.redis"
 local core = require "flashhost.core"
 local timer = require "flashhost.timer"
 local log = require "flashhost.log"
+local scripts = require "flashhost.redis_scripts"
 local bit = require "bit"
 
 local band, bxor, lshift, rshift = bit.band, bit.bxor, bit.lshift, bit.rshift
@@ -316,19 +318,20 @@ end
 
 -- ---- commands -----------------------------------------------------------------
 
-local function load_script(c, s)
-  local sha, err = c:call("SCRIPT", "LOAD", s.source)
-  if not sha then return sha, err end
-  s.sha = sha
-  return sha
+-- Loads the client's libraries on one node; remembers it there.
+local function load_libs(node, libs)
+  local version = libs.version
+  local ok, err = scripts.load(function(...) return node.c:call(...) end, libs)
+  if ok then node.loaded = version end
+  return ok, err
 end
 
 -- Sends argv[1..n] to the master of `slot` (any master when nil) and follows
--- the cluster's answers.  `script`: argv is an EVALSHA of that script, whose
--- SHA is argv[2] (loaded on the node when needed).
-local function exec(self, slot, argv, n, script)
+-- the cluster's answers.  `libs`: argv is an FCALL, so the node must have the
+-- client's function libraries (loaded there when needed).
+local function exec(self, slot, argv, n, libs)
   local node = slot and self._slots[slot + 1] or any_node(self)
-  local asking, redirects, noscript, deadline = false, 0, 0, nil
+  local asking, redirects, missing, deadline = false, 0, 0, nil
   while true do
     -- closed by another task while this one waited: nothing may make nodes now
     if self._closed then return nil, "closed" end
@@ -341,14 +344,13 @@ local function exec(self, slot, argv, n, script)
     end
     if not node then return nil, "not connected" end
     local c = node.c
-    if script and not script.sha then
-      local sha, lerr = load_script(c, script)
-      if not sha then
-        if sha == nil then self:_refresh_soon() end
-        return sha, lerr
+    if libs and node.loaded ~= libs.version then
+      local ok, lerr = load_libs(node, libs)
+      if not ok then
+        if ok == nil then self:_refresh_soon() end
+        return ok, lerr
       end
     end
-    if script then argv[2] = script.sha end
     local res, err
     if asking then res, err = c:call_asking(unpack(argv, 1, n)) else res, err = c:call(unpack(argv, 1, n)) end
     if res then return res end
@@ -375,11 +377,11 @@ local function exec(self, slot, argv, n, script)
         if not host then return res, err end
         redirects, self._ask = redirects + 1, self._ask + 1
         node, asking = node_at(self, host, port), true
-      elseif b == 78 and script and sub(err, 1, 8) == "NOSCRIPT" and noscript < 2 then -- N
-        -- This node lost the script (restart, SCRIPT FLUSH) or never had it.
-        noscript = noscript + 1
-        local sha, lerr = load_script(c, script)
-        if not sha then return sha, lerr end
+      elseif b == 69 and libs and missing < 2 and scripts.missing(err) then             -- E
+        -- This node lost the library (restart, FUNCTION FLUSH) or never had it.
+        missing = missing + 1
+        local ok, lerr = load_libs(node, libs)
+        if not ok then return ok, lerr end
       elseif b == 84 and sub(err, 1, 8) == "TRYAGAIN" then                              -- T
         self._tryagain = self._tryagain + 1
         deadline = deadline or core.mono() + self._opts.timeout_ms
@@ -503,32 +505,35 @@ function Cluster:close()
   end
 end
 
--- Scripts: as flashhost.redis (the SHA of a source is the same on every node).
-function Cluster:script(name, source)
-  if type(name) ~= "string" then error("script name must be a string", 2) end
-  if type(source) ~= "string" then error("script source must be a string", 2) end
-  local s = self._scripts[name]
-  if not s or s.source ~= source then self._scripts[name] = { source = source } end
-  return self
-end
+-- Function libraries: registered as in flashhost.redis, loaded per master.
+scripts.install(Cluster)
 
-Cluster.load_scripts = redis.load_scripts
-
--- r:evalsha(name, keys, args): routed by keys[1] (any master without keys).
-function Cluster:evalsha(name, keys, args)
+-- r:load_functions() -> true | nil, err.  Yields: loads every registered
+-- library on every master of the slot map (waiting for the map and the
+-- masters at most connect_timeout_ms), e.g. in a start hook.  A master that
+-- joins later, or loses them, gets them at its first FCALL.
+function Cluster:load_functions()
   if self._closed then closed_error(2) end
-  local s = self._scripts[name]
-  if not s then error("unknown redis script '" .. tostring(name) .. "' (register it with r:script)", 2) end
-  local argv, n = { "EVALSHA", s.sha or "", 0 }, 3
-  if keys then
-    argv[3] = #keys
-    for i = 1, #keys do n = n + 1; argv[n] = keys[i] end
+  local ok, err = self:wait_ready()
+  if not ok then return nil, err end
+  for _, node in ipairs(self._masters) do
+    local res, lerr = load_libs(node, self._libs)
+    if not res then return nil, node.addr .. ": " .. tostring(lerr) end
   end
-  if args then
-    for i = 1, #args do n = n + 1; argv[n] = args[i] end
-  end
-  return exec(self, keys and slot_of(keys[1]), argv, n, s)
+  return true
 end
+
+local function fcall(self, cmd, name, keys, args)
+  if self._closed then closed_error(3) end
+  local argv, n = scripts.argv(cmd, name, keys, args, 3)
+  if #self._libs.names == 0 then error("no redis function library registered (r:functions)", 3) end
+  return exec(self, keys and keys[1] ~= nil and slot_of(keys[1]) or nil, argv, n, self._libs)
+end
+
+-- r:fcall(name, keys, args) / r:fcall_ro(...): routed by keys[1] (any master
+-- without keys); as flashhost.redis.
+function Cluster:fcall(name, keys, args) return fcall(self, "FCALL", name, keys, args) end
+function Cluster:fcall_ro(name, keys, args) return fcall(self, "FCALL_RO", name, keys, args) end
 
 -- connect(opts, url): see flashhost.redis.connect.  opts.cluster (a
 -- list of "host:port") wins over the URL; opts.password / opts.username go
@@ -564,7 +569,7 @@ function M.connect(opts, url)
   end
   local self = setmetatable({
     url = redis.redact(url), cluster = true,
-    _opts = o, _nodes = {}, _masters = {}, _slots = {}, _scripts = {},
+    _opts = o, _nodes = {}, _masters = {}, _slots = {}, _libs = scripts.new(),
     _seeds = {}, _closed = false,
     _refreshing = false, _refresh_again = false, _last_refresh = -math.huge,
     _moved = 0, _ask = 0, _tryagain = 0, _refreshes = 0,

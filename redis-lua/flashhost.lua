@@ -1,0 +1,837 @@
+#!lua name=flashhost
+-- The atomic state changes of a flash sale, as one Redis Function library.
+-- Loaded with FUNCTION LOAD REPLACE; called with FCALL (FCALL_RO for status).
+-- Contract (KEYS, ARGV, answers, events): redis-lua/README.md.
+--
+-- Functions: sale, purchase_batch, confirm, release, expire, status, lease, and
+-- the waiting room's queue_setup, queue_drop, queue_join, queue_state,
+-- queue_order, queue_ticket, queue_open, queue_advance, queue_used, queue_rate.
+-- Everything a function does that can raise is checked before its first write:
+-- a function error does not roll back.
+
+local IDEM_TTL_MS = 86400000   -- a stored purchase answer, and the okkeys set
+local RES_KEEP_MS = 86400000   -- a finished reservation is kept a day, for ALREADY_* answers
+local INDEX_KEEP_SEC = 86400   -- the order index outlives its reservation's TTL by a day
+-- The idempotency key a queue token buys under: 'q <gen>:<ticket>'.  The app
+-- derives it from a token whose signature it checked; a client cannot send one
+-- (its keys have no spaces), so a key with this prefix is proof of admission.
+local QUEUE_IDEM_PREFIX = 'q '
+
+-- ---- arguments ---------------------------------------------------------------
+
+-- The call of one function: its SKU (from KEYS[1]) and the checks that raise
+-- 'ERR flashhost <name>: ...' on malformed arguments.
+local function context(name, keys, args)
+  local c = { keys = keys, args = args }
+  function c.fail(msg) error({ err = 'ERR flashhost ' .. name .. ': ' .. msg }) end
+  c.prefix, c.sku = string.match(keys[1] or '', '^({sku:([^}]+)}:)')
+  if not c.prefix then c.fail('KEYS[1] must start with {sku:ID}:') end
+  -- KEYS[i] must be the SKU's key with this suffix: a wrong order fails loudly.
+  function c.key(i, suffix)
+    if keys[i] ~= c.prefix .. suffix then c.fail('KEYS[' .. i .. '] must be ' .. c.prefix .. suffix) end
+    return keys[i]
+  end
+  function c.num(v, what, min)
+    local n = tonumber(v)
+    if not n or n ~= n or n == math.huge or n < min then c.fail(what .. ' must be a number >= ' .. min) end
+    return n
+  end
+  function c.int(v, what, min)
+    local n = c.num(v, what, min)
+    if n % 1 ~= 0 then c.fail(what .. ' must be an integer') end
+    return n
+  end
+  -- ARGV[i], required
+  function c.text(i, what)
+    if not args[i] or args[i] == '' then c.fail(what .. ' (ARGV[' .. i .. ']) is required') end
+    return args[i]
+  end
+  return c
+end
+
+-- ---- shared state changes ------------------------------------------------------
+
+-- Redis's clock in epoch milliseconds: the only clock a function may use.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function hash(k)
+  local flat = redis.call('HGETALL', k)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- The keys of one SKU that a reservation's release touches.
+local function sku_keys(c, stock, counts, pending, outbox)
+  return { prefix = c.prefix, id = c.sku, stock = stock, counts = counts, pending = pending, outbox = outbox }
+end
+
+-- One outbox event of reservation id (r its hash).
+local function emit(s, kind, id, r, status, now, traceId, ...)
+  redis.call('XADD', s.outbox, '*', 'type', kind, 'eventId', id .. ':' .. kind,
+    'reservationId', id, 'orderId', r.orderId, 'userId', r.userId, 'skuId', s.id,
+    'quantity', r.quantity, 'unitPrice', r.unitPrice, 'status', status,
+    'expiresAt', r.expiresAt, 'ts', tostring(now), 'traceId', traceId, ...)
+end
+
+-- The tickets a user holds drop by q.  At zero the key only keeps the token
+-- bucket, and only until the bucket is full again (fullAt): then it is the
+-- same as no key.  A key that holds tickets never expires.
+local function unhold(s, userId, q, now)
+  local k = s.prefix .. 'u:' .. userId
+  if redis.call('HINCRBY', k, 'held', -q) > 0 then return end
+  local fullAt = tonumber(redis.call('HGET', k, 'fullAt'))
+  if fullAt and fullAt > now then
+    redis.call('HDEL', k, 'held')
+    redis.call('PEXPIREAT', k, fullAt)
+  else
+    redis.call('DEL', k)
+  end
+end
+
+-- Returns a PENDING reservation's tickets to stock. Callers come here only from
+-- PENDING, and the status written here leaves PENDING: so stock returns exactly once.
+-- The one copy of this step: sale, confirm, release and expire all use it.
+local function release_reservation(s, id, resKey, r, status, now, traceId)
+  local q = tonumber(r.quantity)
+  local kind = string.lower(status)  -- 'canceled' | 'expired': the count field and event type
+  redis.call('INCRBY', s.stock, q)
+  redis.call('HINCRBY', s.counts, 'reserved', -q)
+  redis.call('HINCRBY', s.counts, kind, q)
+  unhold(s, r.userId, q, now)
+  redis.call('ZREM', s.pending, id)
+  redis.call('HSET', resKey, 'status', status, 'updatedAt', tostring(now))
+  redis.call('PEXPIRE', resKey, RES_KEEP_MS)
+  r.status = status
+  emit(s, kind, id, r, status, now, traceId)
+end
+
+-- ---- sale ------------------------------------------------------------------------
+
+-- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox
+-- ARGV: 1 name, 2 price, 3 initial, 4 startsAt, 5 endsAt, 6 perUserLimit, 7 ttlSec,
+--       8 rlCapacity, 9 rlRate, 10 traceId
+local function sale(keys, args)
+  local c = context('sale', keys, args)
+  local function opt(i, what, min, integer)
+    if args[i] == nil or args[i] == '' then return nil end
+    local label = what .. ' (ARGV[' .. i .. '])'
+    return integer and c.int(args[i], label, min) or c.num(args[i], label, min)
+  end
+  local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
+  local s = sku_keys(c, stockKey, countsKey, c.key(4, 'pending'), c.key(5, 'outbox'))
+  local name = args[1] or ''
+  local price, initial = c.num(args[2], 'price (ARGV[2])', 0), c.int(args[3], 'initial (ARGV[3])', 0)
+  local startsAt, endsAt = opt(4, 'startsAt', 0, true) or 0, opt(5, 'endsAt', 0, true) or 0
+  local perUserLimit, ttlSec = opt(6, 'perUserLimit', 0, true), opt(7, 'ttlSec', 0)
+  local rlCapacity, rlRate = opt(8, 'rlCapacity', 0), opt(9, 'rlRate', 0)
+  if rlRate == 0 then c.fail('rlRate (ARGV[9]) must be > 0') end
+  local traceId = args[10] or ''
+
+  local now = now_ms()
+  -- A reset first cancels every reservation still pending, like a buyer's cancel
+  -- (one 'canceled' event each, so the order store learns of it).
+  local canceled = 0
+  for _, id in ipairs(redis.call('ZRANGE', s.pending, 0, -1)) do
+    local resKey = c.prefix .. 'res:' .. id
+    local r = hash(resKey)
+    if r and r.status == 'PENDING' then
+      release_reservation(s, id, resKey, r, 'CANCELED', now, traceId ~= '' and traceId or r.traceId)
+      canceled = canceled + 1
+    end
+  end
+
+  -- gen tells this sale from earlier ones: idempotency answers and user keys of
+  -- another generation count as absent, so a reset needs no scan of them.  Taken
+  -- from the clock, not only a counter, so it still grows when the sale hash was
+  -- deleted meanwhile.
+  local gen = math.max(now, (tonumber(redis.call('HGET', saleKey, 'gen')) or 0) + 1)
+
+  redis.call('DEL', saleKey, countsKey, s.pending)
+  redis.call('SET', stockKey, initial)
+  redis.call('HSET', countsKey, 'reserved', 0, 'sold', 0, 'canceled', 0, 'expired', 0)
+  local info = { skuId = c.sku, name = name, price = price, initial = initial, startsAt = startsAt,
+    endsAt = endsAt, perUserLimit = perUserLimit, ttlSec = ttlSec, rlCapacity = rlCapacity,
+    rlRate = rlRate, createdAt = now, gen = gen, queue = args[11] == '1' and '1' or nil }
+  local fields = {}
+  for f, v in pairs(info) do
+    if f ~= 'skuId' then fields[#fields + 1] = f; fields[#fields + 1] = tostring(v) end
+  end
+  redis.call('HSET', saleKey, unpack(fields))
+  return cjson.encode({ code = 'OK', sale = info, canceled = canceled })
+end
+
+-- ---- purchase_batch ------------------------------------------------------------------
+
+-- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 okkeys, then per attempt
+--       u:<userId>, idem:<idempotencyKey>, res:<reservationId>; then, when ARGV[6] is
+--       '1', order:<orderId> per attempt
+-- ARGV: 1 n, 2 perUserLimit, 3 ttlSec, 4 rlCapacity, 5 rlRate, 6 index ('1' | '0'),
+--       then per attempt: userId, quantity, idempotencyKey, requestHash, reservationId,
+--       orderId, traceId
+-- Answer: a JSON array, element i the answer of attempt i: exactly what the
+-- attempts would get one by one, in order, with the per-SKU reads and writes
+-- done once for the batch.
+local function purchase_batch(keys, args)
+  local c = context('purchase_batch', keys, args)
+  local n = c.int(args[1], 'n (ARGV[1])', 1)
+  if args[6] ~= '1' and args[6] ~= '0' then c.fail("index (ARGV[6]) must be '1' or '0'") end
+  local index = args[6] == '1'
+  local nkeys = 6 + (index and 4 or 3) * n
+  if #keys ~= nkeys then c.fail(nkeys .. ' keys expected for ' .. n .. ' attempts, got ' .. #keys) end
+  if #args ~= 6 + 7 * n then c.fail((6 + 7 * n) .. ' arguments expected for ' .. n .. ' attempts, got ' .. #args) end
+  local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
+  local pendingKey, outboxKey, okKeysKey = c.key(4, 'pending'), c.key(5, 'outbox'), c.key(6, 'okkeys')
+
+  -- Every attempt is checked before anything is written: a bad one fails the call.
+  local list, seen, resKeys = {}, {}, {}
+  for i = 1, n do
+    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
+    local at = {
+      userId = c.text(a + 1, 'userId'), qty = c.int(args[a + 2], 'quantity (ARGV[' .. (a + 2) .. '])', 1),
+      idem = args[a + 3], hash = args[a + 4], resId = c.text(a + 5, 'reservationId'),
+      orderId = c.text(a + 6, 'orderId'), traceId = args[a + 7],
+    }
+    at.userKey = c.key(k + 1, 'u:' .. at.userId)
+    at.idemKey = c.key(k + 2, 'idem:' .. at.idem)
+    at.resKey = c.key(k + 3, 'res:' .. at.resId)
+    if index then
+      local ik = 6 + 3 * n + i
+      if keys[ik] ~= 'order:' .. at.orderId then c.fail('KEYS[' .. ik .. '] must be order:' .. at.orderId) end
+      at.indexKey = keys[ik]
+    end
+    if seen[at.resId] then c.fail('reservationId ' .. at.resId .. ' appears twice') end
+    seen[at.resId] = true
+    list[i], resKeys[i] = at, at.resKey
+  end
+  if redis.call('EXISTS', unpack(resKeys)) > 0 then
+    for _, at in ipairs(list) do
+      if redis.call('EXISTS', at.resKey) == 1 then c.fail('reservationId ' .. at.resId .. ' already exists') end
+    end
+  end
+
+  local now = now_ms()
+  local sale = hash(saleKey) or {}
+  local limit = c.int(sale.perUserLimit or args[2], 'perUserLimit', 0)
+  local ttlSec = c.num(sale.ttlSec or args[3], 'ttlSec', 0)
+  local rlCap = c.num(sale.rlCapacity or args[4], 'rlCapacity', 0)
+  local rlRate = c.num(sale.rlRate or args[5], 'rlRate', 0)
+  if rlCap > 0 and rlRate <= 0 then c.fail('rlRate must be > 0 when rlCapacity > 0') end
+  local gen, price = sale.gen, sale.price
+  local startsAt, endsAt = tonumber(sale.startsAt) or 0, tonumber(sale.endsAt) or 0
+  local expiresAt = now + math.floor(ttlSec * 1000)
+
+  -- What the attempts read and change, kept here across the batch: a later
+  -- attempt sees what an earlier one did, as it would one call later.
+  local stock                      -- read when an attempt first needs it
+  local users, userOrder = {}, {}  -- userKey -> { held, tokens, ts, fullAt, ... }
+  local idems = {}                 -- idemKey -> stored record | false
+  local taken, zadd, okKeys = 0, {}, {}
+
+  -- One read of a user's key; a key of another sale generation counts as empty.
+  local function user(k)
+    local u = users[k]
+    if u then return u end
+    local v = redis.call('HMGET', k, 'gen', 'held', 'tokens', 'ts', 'fullAt')
+    if v[1] == gen then
+      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]) }
+      -- only a key that holds nothing may carry a TTL
+      u.mayExpire = u.held == 0
+    else
+      u = { held = 0, stale = v[1] ~= false or v[2] ~= false }
+    end
+    users[k], userOrder[#userOrder + 1] = u, k
+    return u
+  end
+
+  local function attempt(a)
+    -- 1. Idempotency: a stored answer of this sale generation is the answer.
+    if a.idem ~= '' then
+      local rec = idems[a.idemKey]
+      if rec == nil then
+        local raw = redis.call('GET', a.idemKey)
+        rec = raw and cjson.decode(raw) or false
+        idems[a.idemKey] = rec
+      end
+      if rec and rec.gen == gen then
+        if rec.userId ~= a.userId then return { code = 'IDEMPOTENCY_KEY_REUSED' } end
+        if rec.requestHash ~= a.hash then return { code = 'IDEMPOTENCY_MISMATCH' } end
+        return { code = 'REPLAY', result = rec.result }
+      end
+    end
+    -- Answers that are final for this request are stored, so a retry gets them back.
+    local function final(result)
+      if a.idem ~= '' then
+        local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
+        redis.call('SET', a.idemKey, cjson.encode(rec), 'PX', IDEM_TTL_MS)
+        idems[a.idemKey] = rec
+      end
+      return result
+    end
+
+    -- 2. No sale: not stored, so unknown SKUs leave nothing behind.
+    if not gen then return { code = 'NO_SALE' } end
+
+    -- 2b. A queued sale sells only under a queue token's key (see QUEUE_IDEM_PREFIX);
+    -- not stored: the same attempt with a token may follow.
+    if sale.queue == '1' and string.sub(a.idem, 1, #QUEUE_IDEM_PREFIX) ~= QUEUE_IDEM_PREFIX then
+      return { code = 'QUEUE_TOKEN_REQUIRED' }
+    end
+
+    -- 3. Token bucket: every attempt on a sale takes a token, refusals included.
+    local u = user(a.userKey)
+    if rlCap > 0 then
+      local tokens, ts = u.tokens or rlCap, u.ts or now
+      tokens = math.min(rlCap, tokens + math.max(0, now - ts) * rlRate / 1000)
+      if tokens < 1 then
+        return { code = 'RATE_LIMITED', retryAfterMs = math.ceil((1 - tokens) * 1000 / rlRate) }
+      end
+      -- as stored and read back: the next attempt of this user sees the same number
+      u.tokens, u.ts = tonumber(tostring(tokens - 1)), now
+      u.fullAt = now + math.ceil(rlCap * 1000 / rlRate)
+      u.dirty = true
+    end
+
+    -- 4. Sale window. NOT_STARTED is not stored: the same request must succeed once the sale opens.
+    if now < startsAt then return { code = 'NOT_STARTED', startsAt = startsAt } end
+    if endsAt > 0 and now >= endsAt then return final({ code = 'ENDED', endsAt = endsAt }) end
+
+    -- 5. Per-user limit (0 = none) over tickets held: pending and confirmed.
+    if limit > 0 and u.held + a.qty > limit then
+      return final({ code = 'LIMIT_EXCEEDED', limit = limit, held = u.held })
+    end
+
+    -- 6. Stock.
+    if not stock then stock = tonumber(redis.call('GET', stockKey)) or 0 end
+    if stock < a.qty then return final({ code = 'SOLD_OUT', remaining = stock }) end
+
+    -- 7. Reserve: the per-attempt writes now, the per-SKU ones once after the loop.
+    stock, taken = stock - a.qty, taken + a.qty
+    u.held, u.dirty = u.held + a.qty, true
+    local q = tostring(a.qty)
+    redis.call('HSET', a.resKey, 'userId', a.userId, 'orderId', a.orderId, 'quantity', q,
+      'unitPrice', price, 'status', 'PENDING', 'expiresAt', tostring(expiresAt),
+      'createdAt', tostring(now), 'updatedAt', tostring(now), 'traceId', a.traceId)
+    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'eventId', a.resId .. ':reserved',
+      'reservationId', a.resId, 'orderId', a.orderId, 'userId', a.userId, 'skuId', c.sku,
+      'quantity', q, 'unitPrice', price, 'status', 'PENDING',
+      'expiresAt', tostring(expiresAt), 'ts', tostring(now), 'traceId', a.traceId)
+    zadd[#zadd + 1] = expiresAt
+    zadd[#zadd + 1] = a.resId
+    if a.idem ~= '' then okKeys[#okKeys + 1] = a.idem end
+    if index then
+      redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+    end
+    return final({ code = 'OK', reservationId = a.resId, orderId = a.orderId, quantity = a.qty,
+      expiresAt = expiresAt, remaining = stock, unitPrice = tonumber(price) })
+  end
+
+  local answers = {}
+  for i, a in ipairs(list) do answers[i] = attempt(a) end
+
+  if taken > 0 then
+    redis.call('DECRBY', stockKey, taken)
+    redis.call('HINCRBY', countsKey, 'reserved', taken)
+    redis.call('ZADD', pendingKey, unpack(zadd))
+  end
+  -- The keys that bought a ticket: a worker that marks this SKU sold out still
+  -- sends these to Redis, so their retries get their stored answer back.
+  if #okKeys > 0 then
+    redis.call('SADD', okKeysKey, unpack(okKeys))
+    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS)
+  end
+  for _, k in ipairs(userOrder) do
+    local u = users[k]
+    if u.dirty then
+      if u.stale then redis.call('DEL', k) end
+      local f = { 'gen', gen, 'held', tostring(u.held) }
+      if u.tokens then
+        f[5], f[6], f[7], f[8], f[9], f[10] = 'tokens', tostring(u.tokens), 'ts', tostring(u.ts), 'fullAt', tostring(u.fullAt)
+      end
+      redis.call('HSET', k, unpack(f))
+      -- Held tickets must never expire; an empty key lasts until its bucket is full.
+      if u.held > 0 then
+        if u.mayExpire then redis.call('PERSIST', k) end
+      else
+        redis.call('PEXPIREAT', k, u.fullAt)
+      end
+    end
+  end
+  return cjson.encode(answers)
+end
+
+-- ---- confirm / release ------------------------------------------------------------
+
+-- KEYS of both: 1 res:<reservationId>, 2 stock, 3 counts, 4 pending, 5 outbox
+local function reservation_call(name, keys, args)
+  local c = context(name, keys, args)
+  local id = args[1] or ''
+  if id == '' then c.fail('reservationId (ARGV[1]) is required') end
+  local resKey = c.key(1, 'res:' .. id)
+  return c, id, resKey, sku_keys(c, c.key(2, 'stock'), c.key(3, 'counts'), c.key(4, 'pending'), c.key(5, 'outbox'))
+end
+
+-- ARGV: 1 reservationId, 2 paymentRef, 3 userId ("" = no owner check), 4 traceId
+local function confirm(keys, args)
+  local c, id, resKey, s = reservation_call('confirm', keys, args)
+  local paymentRef, userId, traceId = args[2] or '', args[3] or '', args[4] or ''
+  local now = now_ms()
+  local r = hash(resKey)
+  if not r then return cjson.encode({ code = 'NOT_FOUND', reservationId = id }) end
+  local function answer(code)
+    return cjson.encode({ code = code, reservationId = id, orderId = r.orderId, userId = r.userId,
+      quantity = tonumber(r.quantity), status = r.status, expiresAt = tonumber(r.expiresAt),
+      paymentRef = r.paymentRef })
+  end
+  if userId ~= '' and userId ~= r.userId then return cjson.encode({ code = 'NOT_OWNER', reservationId = id }) end
+  if r.status == 'CONFIRMED' then return answer('ALREADY_CONFIRMED') end
+  if r.status == 'CANCELED' or r.status == 'EXPIRED' then return answer(r.status) end
+  if r.status ~= 'PENDING' then c.fail('reservation ' .. id .. ' has unknown status ' .. tostring(r.status)) end
+  if traceId == '' then traceId = r.traceId end
+
+  -- Past its expiry a reservation is expired whoever looks first: do the sweeper's
+  -- work now, so the buyer's answer and the stored state agree.
+  if now >= tonumber(r.expiresAt) then
+    release_reservation(s, id, resKey, r, 'EXPIRED', now, traceId)
+    return answer('EXPIRED')
+  end
+
+  -- The tickets stay held by the user: held counts pending and confirmed alike.
+  local q = tonumber(r.quantity)
+  redis.call('HINCRBY', s.counts, 'reserved', -q)
+  redis.call('HINCRBY', s.counts, 'sold', q)
+  redis.call('ZREM', s.pending, id)
+  redis.call('HSET', resKey, 'status', 'CONFIRMED', 'paymentRef', paymentRef, 'updatedAt', tostring(now))
+  redis.call('PEXPIRE', resKey, RES_KEEP_MS)
+  r.status, r.paymentRef = 'CONFIRMED', paymentRef
+  emit(s, 'confirmed', id, r, 'CONFIRMED', now, traceId, 'paymentRef', paymentRef)
+  return answer('OK')
+end
+
+-- ARGV: 1 reservationId, 2 reason ('canceled' | 'expired'), 3 userId, 4 traceId
+local function release(keys, args)
+  local c, id, resKey, s = reservation_call('release', keys, args)
+  local reason = args[2]
+  if reason ~= 'canceled' and reason ~= 'expired' then c.fail("reason (ARGV[2]) must be 'canceled' or 'expired'") end
+  local userId, traceId = args[3] or '', args[4] or ''
+  local now = now_ms()
+  local r = hash(resKey)
+  if not r then return cjson.encode({ code = 'NOT_FOUND', reservationId = id }) end
+  local function answer(code)
+    return cjson.encode({ code = code, reservationId = id, orderId = r.orderId, userId = r.userId,
+      quantity = tonumber(r.quantity), status = r.status, expiresAt = tonumber(r.expiresAt) })
+  end
+  if userId ~= '' and userId ~= r.userId then return cjson.encode({ code = 'NOT_OWNER', reservationId = id }) end
+  if r.status ~= 'PENDING' then
+    if r.status == 'CONFIRMED' or r.status == 'CANCELED' or r.status == 'EXPIRED' then
+      return answer('ALREADY_' .. r.status)
+    end
+    c.fail('reservation ' .. id .. ' has unknown status ' .. tostring(r.status))
+  end
+  if traceId == '' then traceId = r.traceId end
+
+  local due = now >= tonumber(r.expiresAt)
+  if reason == 'expired' then
+    if not due then return answer('NOT_DUE') end
+    release_reservation(s, id, resKey, r, 'EXPIRED', now, traceId)
+    return answer('OK')
+  end
+  -- A cancel that arrives after expiry finds a reservation that has already expired:
+  -- record it as such (what the sweeper would have done) and say so.
+  if due then
+    release_reservation(s, id, resKey, r, 'EXPIRED', now, traceId)
+    return answer('ALREADY_EXPIRED')
+  end
+  release_reservation(s, id, resKey, r, 'CANCELED', now, traceId)
+  return answer('OK')
+end
+
+-- ---- expire ------------------------------------------------------------------------
+
+-- KEYS: 1 stock, 2 counts, 3 pending, 4 outbox.  ARGV: 1 limit, 2 traceId
+-- The reservation keys come from the pending zset, built from the same {sku:S}
+-- prefix: the same cluster slot as the declared keys.
+local function expire(keys, args)
+  local c = context('expire', keys, args)
+  local limit = tonumber(args[1])
+  if not limit or limit % 1 ~= 0 or limit < 1 then c.fail('limit (ARGV[1]) must be an integer >= 1') end
+  local s = sku_keys(c, c.key(1, 'stock'), c.key(2, 'counts'), c.key(3, 'pending'), c.key(4, 'outbox'))
+  local traceId = args[2] or ''
+  local now = now_ms()
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', s.pending, '-inf', now, 'LIMIT', 0, limit)) do
+    local resKey = c.prefix .. 'res:' .. id
+    local r = hash(resKey)
+    -- The reservation hash is the truth and the zset only its index: an entry whose
+    -- reservation is gone or finished is dropped, one whose expiresAt moved is re-indexed.
+    if not r or r.status ~= 'PENDING' then
+      redis.call('ZREM', s.pending, id)
+    elseif now < tonumber(r.expiresAt) then
+      redis.call('ZADD', s.pending, r.expiresAt, id)
+    else
+      release_reservation(s, id, resKey, r, 'EXPIRED', now, traceId ~= '' and traceId or r.traceId)
+      n = n + 1
+    end
+  end
+  local more = redis.call('ZCOUNT', s.pending, '-inf', now) > 0
+  return cjson.encode({ code = 'OK', expired = n, more = more })
+end
+
+-- ---- status (read-only) ----------------------------------------------------------------
+
+-- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox.  ARGV: 1 "deep" to also sum
+-- the pending reservations' quantities (reconciliation: it walks every one).
+-- One function so that stock and counts come from the same moment.
+local function status(keys, args)
+  local sale = hash(keys[1])
+  if not sale then return cjson.encode({ code = 'NO_SALE' }) end
+  local counts = { reserved = 0, sold = 0, canceled = 0, expired = 0 }
+  local flat = redis.call('HGETALL', keys[3])
+  for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
+  local answer = {
+    code = 'OK', sale = sale, stock = tonumber(redis.call('GET', keys[2])) or 0, counts = counts,
+    pending = redis.call('ZCARD', keys[4]), outbox = redis.call('XLEN', keys[5]),
+  }
+  if args[1] == 'deep' then
+    -- Summed from the reservations themselves, so a reconciliation compares two
+    -- independent records: counts and reservations.
+    local prefix = string.match(keys[1], '^({sku:[^}]+}:)')
+    local qty = 0
+    for _, id in ipairs(redis.call('ZRANGE', keys[4], 0, -1)) do
+      qty = qty + (tonumber(redis.call('HGET', prefix .. 'res:' .. id, 'quantity')) or 0)
+    end
+    answer.pendingQuantity = qty
+  end
+  return cjson.encode(answer)
+end
+
+-- ---- lease ---------------------------------------------------------------------------
+
+-- A lease held by one owner at a time, renewed by its holder; a holder that dies
+-- stops renewing and the lease lapses after ttl.
+-- KEYS: 1 the lease key.  ARGV: 1 owner, 2 ttl ms (take or renew) or "release".
+-- Answer: 1 when the caller holds the lease after the call, else 0.
+local function lease(keys, args)
+  local holder = redis.call('GET', keys[1])
+  if args[2] == 'release' then
+    if holder == args[1] then redis.call('DEL', keys[1]) end
+    return 0
+  end
+  local ttl = tonumber(args[2])
+  if not ttl or ttl < 1 then return redis.error_reply('ERR flashhost lease: ttl must be >= 1 ms') end
+  if holder == args[1] then
+    redis.call('PEXPIRE', keys[1], ttl)
+    return 1
+  end
+  if not holder then
+    redis.call('SET', keys[1], args[1], 'PX', ttl)
+    return 1
+  end
+  return 0
+end
+
+-- ---- the waiting room (queue_*) ------------------------------------------------------
+
+-- Every queue function takes one key, the SKU's sale hash `{sku:S}:sale`, and
+-- derives the queue's keys ({sku:S}:q, q:users, q:joined, q:order, q:adm,
+-- q:live, q:used) from its hash tag, so each call touches one Cluster slot.
+-- Answers are JSON text; a malformed argument raises.
+
+
+local function field(h, f) return tonumber(h[f]) or 0 end
+
+-- The queue's keys besides the sale hash.
+local function queue_keys(p)
+  return {
+    meta = p .. 'q', users = p .. 'q:users', joined = p .. 'q:joined', order = p .. 'q:order',
+    adm = p .. 'q:adm', live = p .. 'q:live', used = p .. 'q:used',
+  }
+end
+
+-- The queue of this sale generation, or nil, code: a queue left from an
+-- earlier generation of the SKU does not count.
+local function load_queue(p)
+  local sale = hash(p .. 'sale')
+  if not sale or not sale.gen then return nil, 'NO_SALE' end
+  local q = hash(p .. 'q')
+  if sale.queue ~= '1' or not q or q.gen ~= sale.gen then return nil, 'NO_QUEUE', sale end
+  return q, sale
+end
+
+local ORDER_WIDTH = 10 -- the order string: position p holds the ticket number at (p-1)*10, zero-padded
+
+-- The ticket number at position `pos` (pre-queue positions were shuffled).
+local function seq_at(k, q, pos)
+  if pos > field(q, 'preCount') then return pos end
+  local s = redis.call('GETRANGE', k.order, (pos - 1) * ORDER_WIDTH, pos * ORDER_WIDTH - 1)
+  return tonumber(s)
+end
+
+-- The position of ticket `seq`: pre-queue tickets have one only once opened.
+local function pos_of(k, q, seq)
+  if seq > field(q, 'preCount') then return seq end
+  if q.opened ~= '1' then return 0 end
+  local order = redis.call('GET', k.order) or ''
+  for pos = 1, field(q, 'preCount') do
+    if tonumber(string.sub(order, (pos - 1) * ORDER_WIDTH + 1, pos * ORDER_WIDTH)) == seq then return pos end
+  end
+  return 0
+end
+
+-- queue_setup(sale; admitPerSec, tokenTtlSec, preQueueSec): a fresh queue for
+-- the sale's current generation (the sale hash must carry queue = 1).
+local function queue_setup(keys, args)
+  local c = context('queue_setup', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local rate = c.num(args[1], 'admitPerSec', 0)
+  local ttl = c.int(args[2], 'tokenTtlSec', 1)
+  local pre = c.int(args[3], 'preQueueSec', 0)
+  local sale = hash(p .. 'sale')
+  if not sale or not sale.gen then return cjson.encode({ code = 'NO_SALE' }) end
+  if sale.queue ~= '1' then c.fail('the sale hash does not have queue = 1') end
+  local k = queue_keys(p)
+  redis.call('DEL', k.meta, k.users, k.joined, k.order, k.adm, k.live, k.used)
+  redis.call('HSET', k.meta, 'gen', sale.gen, 'startsAt', sale.startsAt or '0', 'endsAt', sale.endsAt or '0',
+    'rate', tostring(rate), 'ttl', ttl, 'pre', pre, 'tail', 0, 'frozen', 0, 'preCount', 0, 'opened', 0,
+    'serving', 0, 'admitted', 0, 'used', 0, 'expired', 0, 'soldOut', 0, 'tick', 0, 'measured', 0)
+  return cjson.encode({ code = 'OK', gen = sale.gen })
+end
+
+-- queue_drop(sale): removes the queue's keys (a sale reset without a queue).
+local function queue_drop(keys, args)
+  local c = context('queue_drop', keys, args)
+  c.key(1, 'sale')
+  local k = queue_keys(c.prefix)
+  return redis.call('DEL', k.meta, k.users, k.joined, k.order, k.adm, k.live, k.used)
+end
+
+-- queue_join(sale; userId): one ticket per user and generation.
+local function queue_join(keys, args)
+  local c = context('queue_join', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local user = args[1]
+  if type(user) ~= 'string' or user == '' then c.fail('userId is required') end
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  local k = queue_keys(p)
+  local now = now_ms()
+  local startsAt, endsAt = field(q, 'startsAt'), field(q, 'endsAt')
+  local seq = tonumber(redis.call('HGET', k.users, user))
+  if not seq then
+    local opensAt = startsAt - field(q, 'pre') * 1000
+    if now < opensAt then return cjson.encode({ code = 'NOT_OPEN', opensAt = opensAt, now = now }) end
+    if endsAt > 0 and now >= endsAt then return cjson.encode({ code = 'ENDED', endsAt = endsAt }) end
+    if q.soldOut == '1' then return cjson.encode({ code = 'SOLD_OUT' }) end
+    -- At the opening the pre-queue closes: the tickets taken so far are the
+    -- ones the keeper shuffles; later ones are served in join order.
+    if now >= startsAt and q.frozen ~= '1' then
+      q.frozen, q.preCount = '1', q.tail
+      redis.call('HSET', k.meta, 'frozen', 1, 'preCount', q.tail)
+      if field(q, 'tail') == 0 then
+        q.opened = '1'
+        redis.call('HSET', k.meta, 'opened', 1)
+      end
+    end
+    seq = redis.call('HINCRBY', k.meta, 'tail', 1)
+    q.tail = tostring(seq)
+    redis.call('HSET', k.users, user, seq)
+    redis.call('HSET', k.joined, seq, now)
+  end
+  local pos = q.frozen == '1' and pos_of(k, q, seq) or 0
+  return cjson.encode({
+    code = 'OK', seq = seq, gen = q.gen, pos = pos, preQueue = pos == 0, serving = field(q, 'serving'),
+    startsAt = startsAt, soldOut = q.soldOut == '1', now = now,
+  })
+end
+
+-- queue_state(sale) [no-writes]: what a worker caches to answer status polls.
+local function queue_state(keys, args)
+  local c = context('queue_state', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  q.code = 'OK'
+  q.stock = tonumber(redis.call('GET', p .. 'stock')) or 0
+  q.now = now_ms()
+  q.length = field(q, 'tail') - field(q, 'serving')
+  return cjson.encode(q)
+end
+
+-- queue_order(sale) [no-writes]: the shuffled order of the pre-queue ("" before the opening).
+local function queue_order_fn(keys, args)
+  local c = context('queue_order', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  return cjson.encode({ code = 'OK', gen = q.gen, preCount = field(q, 'preCount'), opened = q.opened == '1',
+    order = redis.call('GET', queue_keys(p).order) or '' })
+end
+
+-- queue_ticket(sale; seq) [no-writes]: an admitted ticket's admission time and
+-- what became of its token.
+local function queue_ticket(keys, args)
+  local c = context('queue_ticket', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local seq = c.int(args[1], 'ticket', 1)
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  local k = queue_keys(p)
+  local at = tonumber(redis.call('HGET', k.adm, seq))
+  if not at then return cjson.encode({ code = 'WAITING', tail = field(q, 'tail') }) end
+  local st = 'live'
+  if redis.call('SISMEMBER', k.used, seq) == 1 then st = 'used'
+  elseif not redis.call('ZSCORE', k.live, seq) then st = 'expired' end
+  return cjson.encode({ code = 'OK', admittedAt = at, expiresAt = at + field(q, 'ttl') * 1000, state = st,
+    soldOut = q.soldOut == '1' })
+end
+
+-- queue_open(sale; preCount, order): the keeper's shuffle of the pre-queue,
+-- written once.  STALE when the pre-queue it shuffled is not the one closed.
+local function queue_open(keys, args)
+  local c = context('queue_open', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local count = c.int(args[1], 'preCount', 0)
+  local ord = args[2] or ''
+  if #ord ~= count * ORDER_WIDTH then c.fail('order must hold preCount numbers of 10 digits') end
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  if q.opened == '1' then return cjson.encode({ code = 'ALREADY_OPEN' }) end
+  local now = now_ms()
+  if now < field(q, 'startsAt') then return cjson.encode({ code = 'NOT_DUE', startsAt = field(q, 'startsAt') }) end
+  local k = queue_keys(p)
+  if q.frozen ~= '1' then
+    q.preCount = q.tail
+    redis.call('HSET', k.meta, 'frozen', 1, 'preCount', q.tail)
+  end
+  if field(q, 'preCount') ~= count then return cjson.encode({ code = 'STALE', preCount = field(q, 'preCount') }) end
+  -- every ticket 1..count exactly once
+  local seen = {}
+  for pos = 1, count do
+    local s = tonumber(string.sub(ord, (pos - 1) * ORDER_WIDTH + 1, pos * ORDER_WIDTH))
+    if not s or s < 1 or s > count or seen[s] then c.fail('order is not a permutation of 1..preCount') end
+    seen[s] = true
+  end
+  redis.call('SET', k.order, ord)
+  redis.call('HSET', k.meta, 'opened', 1)
+  return cjson.encode({ code = 'OK', preCount = count })
+end
+
+-- queue_advance(sale; count, tick, measuredRate, sweepLimit): the keeper's
+-- step.  Tokens past their expiry that bought nothing give their places up
+-- (each admits one more); then up to `count` (+ those) waiting tickets are
+-- admitted while the SKU has stock.  `tick` must be the value the keeper last
+-- read: a second keeper working from an older reading changes nothing.
+local function queue_advance(keys, args)
+  local c = context('queue_advance', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local count = c.int(args[1], 'count', 0)
+  local tick = c.int(args[2], 'tick', 0)
+  local measured = c.num(args[3], 'measuredRate', 0)
+  local limit = c.int(args[4] or 1000, 'sweepLimit', 1)
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  if field(q, 'tick') ~= tick then return cjson.encode({ code = 'STALE', tick = field(q, 'tick') }) end
+  local k = queue_keys(p)
+  local now = now_ms()
+  local gen = q.gen
+
+  -- 1. Tokens due: used ones leave quietly, unused ones free a place.
+  local freed, used_late = 0, 0
+  local due = redis.call('ZRANGEBYSCORE', k.live, '-inf', now, 'LIMIT', 0, limit)
+  for _, s in ipairs(due) do
+    redis.call('ZREM', k.live, s)
+    if redis.call('SISMEMBER', k.used, s) == 0 then
+      if redis.call('EXISTS', p .. 'idem:' .. QUEUE_IDEM_PREFIX .. gen .. ':' .. s) == 1 then
+        -- bought, but the app's note of it was lost: count it now
+        redis.call('SADD', k.used, s)
+        used_late = used_late + 1
+      else
+        freed = freed + 1
+      end
+    end
+  end
+  if freed > 0 then redis.call('HINCRBY', k.meta, 'expired', freed) end
+  if used_late > 0 then redis.call('HINCRBY', k.meta, 'used', used_late) end
+
+  -- 2. Sold out: no admission while the stock is empty.
+  local stock = tonumber(redis.call('GET', p .. 'stock')) or 0
+  local sold_out = stock <= 0
+  local serving, tail = field(q, 'serving'), field(q, 'tail')
+  local admit = 0
+  local waits = {}
+  if q.opened == '1' and not sold_out then
+    admit = math.min(count + freed, tail - serving)
+    local exp = now + field(q, 'ttl') * 1000
+    for pos = serving + 1, serving + admit do
+      local s = seq_at(k, q, pos)
+      redis.call('HSET', k.adm, s, now)
+      redis.call('ZADD', k.live, exp, s)
+      local j = tonumber(redis.call('HGET', k.joined, s))
+      if j then waits[#waits + 1] = now - j end
+    end
+    serving = serving + admit
+  end
+  redis.call('HSET', k.meta, 'serving', serving, 'soldOut', sold_out and 1 or 0, 'tick', tick + 1,
+    'measured', tostring(measured))
+  if admit > 0 then redis.call('HINCRBY', k.meta, 'admitted', admit) end
+  return cjson.encode({
+    code = 'OK', admitted = admit, freed = freed, serving = serving, length = tail - serving,
+    soldOut = sold_out, waitsMs = waits, tick = tick + 1, now = now,
+    more = #due == limit,
+  })
+end
+
+-- queue_used(sale; seq): a purchase bought with this ticket's token.
+local function queue_used(keys, args)
+  local c = context('queue_used', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local seq = c.int(args[1], 'ticket', 1)
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  local k = queue_keys(p)
+  if not redis.call('HGET', k.adm, seq) then return cjson.encode({ code = 'NOT_ADMITTED' }) end
+  if redis.call('SADD', k.used, seq) == 1 then redis.call('HINCRBY', k.meta, 'used', 1) end
+  return cjson.encode({ code = 'OK' })
+end
+
+-- queue_rate(sale; admitPerSec): the operator's new pace, effective at the next step.
+local function queue_rate(keys, args)
+  local c = context('queue_rate', keys, args)
+  c.key(1, 'sale')
+  local p = c.prefix
+  local r = c.num(args[1], 'admitPerSec', 0)
+  local q, code = load_queue(p)
+  if not q then return cjson.encode({ code = code }) end
+  redis.call('HSET', queue_keys(p).meta, 'rate', tostring(r))
+  return cjson.encode({ code = 'OK', rate = r })
+end
+
+redis.register_function('sale', sale)
+redis.register_function('purchase_batch', purchase_batch)
+redis.register_function('confirm', confirm)
+redis.register_function('release', release)
+redis.register_function('expire', expire)
+redis.register_function{ function_name = 'status', callback = status, flags = { 'no-writes' } }
+redis.register_function('lease', lease)
+redis.register_function('queue_setup', queue_setup)
+redis.register_function('queue_drop', queue_drop)
+redis.register_function('queue_join', queue_join)
+redis.register_function{ function_name = 'queue_state', callback = queue_state, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'queue_order', callback = queue_order_fn, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'queue_ticket', callback = queue_ticket, flags = { 'no-writes' } }
+redis.register_function('queue_open', queue_open)
+redis.register_function('queue_advance', queue_advance)
+redis.register_function('queue_used', queue_used)
+redis.register_function('queue_rate', queue_rate)

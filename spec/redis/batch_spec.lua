@@ -1,0 +1,283 @@
+-- purchase_batch of redis-lua/flashhost.lua against a real redis-server (database 9):
+-- a batch answers exactly what its attempts would get one by one, in order.
+local scripts = require 'spec.redis.scripts'
+
+local info = require('redis').command('INFO')
+local config = require('redis').command('CONFIG')
+
+describe('purchase_batch', function()
+  local r
+
+  before_each(function() r = scripts.setup() end)
+  after_each(function() if r then r.client:quit() end r = nil end)
+
+  local cjson = require 'cjson'
+  local function copy(t) return cjson.decode(cjson.encode(t)) end
+  local run = 0
+
+  -- Answers without what depends on the moment (expiresAt, retryAfterMs: one
+  -- call is later than the other by a few ms).
+  local function stable(answers)
+    for _, a in ipairs(answers) do
+      local t = a.code == 'REPLAY' and a.result or a
+      t.expiresAt = t.expiresAt and 'at'
+      if a.retryAfterMs then
+        assert.is_true(a.retryAfterMs >= 1)
+        a.retryAfterMs = 'later'
+      end
+    end
+    return answers
+  end
+
+  -- What the state of a SKU says, without its name.
+  local function summary(sku)
+    local s = r.check(sku)
+    local res = {}
+    for _, id in ipairs(s.pending) do
+      local h = r.res(sku, id)
+      res[id] = { h.userId, h.orderId, h.quantity, h.status, h.traceId }
+    end
+    local ev = {}
+    for i, e in ipairs(r.events(sku)) do ev[i] = { e.type, e.reservationId, e.userId, e.quantity } end
+    return { stock = s.stock, reserved = s.reserved, users = s.users, res = res, events = ev,
+      okkeys = r.client:smembers(scripts.keys(sku).okkeys) }
+  end
+
+  -- Runs the attempts one by one on SKU 'one' and as one batch on SKU 'all',
+  -- both with the same sale (and `before`, done on each); asserts the same
+  -- answers and the same resulting state.  Returns the batch's answers.
+  local function same_as_one_by_one(sale, attempts, o, before)
+    for _, sku in ipairs({ 'one', 'all' }) do
+      if sale then r.sale(sku, sale) end
+      if before then before(sku) end
+    end
+    -- the same ids on both SKUs (their keys differ by the SKU), new ones each run
+    run = run + 1
+    local function ids(list)
+      for i, a in ipairs(list) do a.resId, a.orderId = a.resId or (run .. 'res' .. i), a.orderId or (run .. 'ord' .. i) end
+      return list
+    end
+    local seq = {}
+    for i, a in ipairs(ids(copy(attempts))) do seq[i] = r.batch('one', { a }, o)[1] end
+    local batch = ids(copy(attempts))
+    local answers = r.batch('all', batch, o)
+    assert.are.equal(#attempts, #answers)
+    local raw = copy(answers)
+    assert.are.same(stable(seq), stable(answers))
+    if sale then
+      local one, all = summary('one'), summary('all')
+      table.sort(one.okkeys)
+      table.sort(all.okkeys)
+      assert.are.same(one, all)
+    end
+    return raw
+  end
+
+  local function codes(answers)
+    local out = {}
+    for i, a in ipairs(answers) do out[i] = a.code end
+    return out
+  end
+
+  it('answers every outcome in one batch, in order, as one by one', function()
+    local a = same_as_one_by_one({ initial = 3, price = '19.9' }, {
+      { user = 'u1', key = 'k1', hash = 'h1' },              -- OK
+      { user = 'u1', key = 'k1', hash = 'h1' },              -- REPLAY of the first
+      { user = 'u2', key = 'k1', hash = 'h1' },              -- another user's key
+      { user = 'u1', key = 'k1', hash = 'other' },           -- another body
+      { user = 'u1', quantity = 2 },                         -- limit 2, holds 1
+      { user = 'u3', quantity = 2, key = 'k3' },             -- OK, the last two
+      { user = 'u4', key = 'k4' },                           -- nothing left
+      { user = 'u5' }, { user = 'u5' }, { user = 'u5' },     -- a bucket of 2
+    }, { perUserLimit = 2, rlCapacity = 2, rlRate = 0.001 })
+    assert.are.same({ 'OK', 'REPLAY', 'IDEMPOTENCY_KEY_REUSED', 'IDEMPOTENCY_MISMATCH', 'LIMIT_EXCEEDED',
+      'OK', 'SOLD_OUT', 'SOLD_OUT', 'SOLD_OUT', 'RATE_LIMITED' }, codes(a))
+    assert.are.same(a[1], a[2].result)
+    assert.are.same({ code = 'OK', reservationId = a[1].reservationId, orderId = a[1].orderId, quantity = 1, remaining = 2,
+      unitPrice = 19.9, expiresAt = a[1].expiresAt }, a[1])
+    assert.are.same({ code = 'LIMIT_EXCEEDED', limit = 2, held = 1 }, a[5])
+    assert.are.equal(0, a[6].remaining)
+    assert.are.same({ code = 'SOLD_OUT', remaining = 0 }, a[7])
+    assert.is_true(a[10].retryAfterMs > 990000)
+    -- the stored answers: the batch's first OK, its SOLD_OUT, as one by one
+    assert.are.same({ code = 'REPLAY', result = a[7] }, r.purchase('all', 'u4', { key = 'k4' }))
+  end)
+
+  it('answers NO_SALE, NOT_STARTED and ENDED for a whole batch as one by one', function()
+    local attempts = { { user = 'u1', key = 'a' }, { user = 'u2' }, { user = 'u1', key = 'a' } }
+    assert.are.same({ 'NO_SALE', 'NO_SALE', 'NO_SALE' }, codes(same_as_one_by_one(nil, attempts)))
+    assert.are.same({}, r.client:keys('*'))  -- unknown SKUs leave nothing behind
+
+    local later = r.now() + 60000
+    local a = same_as_one_by_one({ initial = 5, startsAt = later }, attempts, { rlCapacity = 1, rlRate = 0.001 })
+    -- not stored: the same key is evaluated again, and takes a token again
+    assert.are.same({ 'NOT_STARTED', 'NOT_STARTED', 'RATE_LIMITED' }, codes(a))
+    assert.are.equal(later, a[1].startsAt)
+
+    local ended = r.now() - 1
+    for _, sku in ipairs({ 'one', 'all' }) do r.client:hset(scripts.keys(sku).sale, 'startsAt', '0', 'endsAt', tostring(ended)) end
+    a = same_as_one_by_one(nil, attempts, { rlCapacity = 0 })
+    -- stored: the second attempt with key a replays it
+    assert.are.same({ 'ENDED', 'ENDED', 'REPLAY' }, codes(a))
+    assert.are.same(a[1], a[3].result)
+    for _, sku in ipairs({ 'one', 'all' }) do r.check(sku) end
+  end)
+
+  it('lets the stock run out inside a batch, quantities and all', function()
+    local a = same_as_one_by_one({ initial = 5 }, {
+      { user = 'a', quantity = 2 }, { user = 'b', quantity = 2 }, { user = 'c', quantity = 2 },
+      { user = 'd', quantity = 1 }, { user = 'e', quantity = 1 },
+    }, { perUserLimit = 0 })
+    assert.are.same({ 'OK', 'OK', 'SOLD_OUT', 'OK', 'SOLD_OUT' }, codes(a))
+    assert.are.same({ 3, 1, nil, 0, nil }, { a[1].remaining, a[2].remaining, nil, a[4].remaining })
+    assert.are.equal(1, a[3].remaining)
+    assert.are.equal(0, a[5].remaining)
+    local s = r.check('all')
+    assert.are.same({ stock = 0, reserved = 5 }, { stock = s.stock, reserved = s.reserved })
+  end)
+
+  it('replays and refuses duplicate idempotency keys within a batch', function()
+    local a = same_as_one_by_one({ initial = 1 }, {
+      { user = 'u1', key = 'k', hash = 'h' },       -- OK
+      { user = 'u2', key = 'z' },                   -- SOLD_OUT, stored
+      { user = 'u2', key = 'z' },                   -- its replay
+      { user = 'u3', key = 'k', hash = 'h' },       -- someone else's key
+      { user = 'u1', key = 'k', hash = 'h' },       -- the first again
+      { user = 'u1', key = 'k', hash = 'h2' },      -- the first's key, another body
+    }, { perUserLimit = 0 })
+    assert.are.same({ 'OK', 'SOLD_OUT', 'REPLAY', 'IDEMPOTENCY_KEY_REUSED', 'REPLAY', 'IDEMPOTENCY_MISMATCH' }, codes(a))
+    assert.are.same(a[2], a[3].result)
+    assert.are.same(a[1], a[5].result)
+    assert.are.same({ 'k' }, r.client:smembers(scripts.keys('all').okkeys))
+    assert.are.equal(1, #r.events('all'))
+  end)
+
+  it('applies the per-user limit and the bucket in order to one user twice', function()
+    local a = same_as_one_by_one({ initial = 10 }, {
+      { user = 'u1' }, { user = 'u1' }, { user = 'u1' }, { user = 'u2', quantity = 3 },
+    }, { perUserLimit = 2, rlCapacity = 0 })
+    assert.are.same({ 'OK', 'OK', 'LIMIT_EXCEEDED', 'LIMIT_EXCEEDED' }, codes(a))
+    assert.are.same({ code = 'LIMIT_EXCEEDED', limit = 2, held = 2 }, a[3])
+    assert.are.same({ code = 'LIMIT_EXCEEDED', limit = 2, held = 0 }, a[4])
+    assert.are.same({ u1 = 2 }, r.check('all').users)
+
+    r.client:flushdb()
+    a = same_as_one_by_one({ initial = 10 }, {
+      { user = 'b' }, { user = 'b' }, { user = 'b' }, { user = 'c' }, { user = 'b' },
+    }, { perUserLimit = 0, rlCapacity = 2, rlRate = 0.001 })
+    assert.are.same({ 'OK', 'OK', 'RATE_LIMITED', 'OK', 'RATE_LIMITED' }, codes(a))
+    local tokens = tonumber(r.client:hget(scripts.keys('all').u('b'), 'tokens'))
+    assert.is_true(tokens >= 0 and tokens < 0.01)
+  end)
+
+  it('treats a user key of an earlier sale as empty, and leaves a held count to no TTL', function()
+    local a = same_as_one_by_one({ initial = 5 }, { { user = 'u1' } }, { perUserLimit = 1 },
+      function(sku)
+        -- a count and an empty bucket left by an earlier sale of the SKU
+        r.client:hset(scripts.keys(sku).u('u1'), 'gen', '1', 'held', '1', 'tokens', '0', 'ts', tostring(r.now()))
+      end)
+    assert.are.same({ 'OK' }, codes(a))
+    local u = r.client:hgetall(scripts.keys('all').u('u1'))
+    assert.are.equal(r.client:hget(scripts.keys('all').sale, 'gen'), u.gen)
+    assert.are.equal('1', u.held)
+    assert.are.equal(-1, r.client:pttl(scripts.keys('all').u('u1')))
+  end)
+
+  it('takes 128 attempts in one call, doing the per-SKU work once', function()
+    r.sale('all', { initial = 100 })
+    local attempts = {}
+    for i = 1, 128 do attempts[i] = { user = 'u' .. i, key = 'k' .. i, resId = 'r' .. i, orderId = 'o' .. i } end
+    config(r.client, 'RESETSTAT')
+    local a = r.batch('all', attempts, { index = true, ttlSec = 60 })
+    local stats = info(r.client, 'commandstats')
+    local calls = {}
+    for cmd, n in stats:gmatch('cmdstat_([%w|_]+):calls=(%d+)') do calls[cmd] = tonumber(n) end
+    assert.are.same({ time = 1, hgetall = 1, decrby = 1, hincrby = 1, zadd = 1, sadd = 1, pexpire = 1, exists = 1 },
+      { time = calls.time, hgetall = calls.hgetall, decrby = calls.decrby, hincrby = calls.hincrby,
+        zadd = calls.zadd, sadd = calls.sadd, pexpire = calls.pexpire, exists = calls.exists })
+    -- per attempt: its user key and its idempotency key read; one stock read
+    assert.are.equal(128, calls.hmget)
+    assert.are.equal(128 + 1, calls.get)
+    assert.are.equal(100, calls.xadd)
+
+    assert.are.equal(128, #a)
+    for i = 1, 100 do
+      assert.are.equal('OK', a[i].code)
+      assert.are.equal(100 - i, a[i].remaining)
+      -- the order index of each reservation, for its TTL and a day
+      assert.are.equal('all:r' .. i, r.client:get('order:o' .. i))
+      local ttl = r.client:ttl('order:o' .. i)
+      assert.is_true(ttl > 86400 + 55 and ttl <= 86400 + 60)
+    end
+    for i = 101, 128 do
+      assert.are.same({ code = 'SOLD_OUT', remaining = 0 }, a[i])
+      assert.is_false(r.client:exists('order:o' .. i))
+    end
+    local s = r.check('all')
+    assert.are.equal(0, s.stock)
+    assert.are.equal(100, #s.pending)
+    assert.are.equal(100, r.client:scard(scripts.keys('all').okkeys))
+    -- every attempt stored its final answer
+    assert.are.equal('REPLAY', r.purchase('all', 'u128', { key = 'k128' }).code)
+  end)
+
+  describe('a malformed batch', function()
+    local function unchanged(f, pattern)
+      r.sale('all', { initial = 10 })
+      assert.are.equal('OK', r.purchase('all', 'old', { resId = 'taken' }).code)
+      local before = r.client:dbsize()
+      local events = #r.events('all')
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches(pattern, tostring(err))
+      assert.are.equal(before, r.client:dbsize())
+      assert.are.equal(events, #r.events('all'))
+      assert.are.equal(9, r.check('all').stock)
+    end
+    local function good(n)
+      local list = {}
+      for i = 1, n do list[i] = { user = 'g' .. i, key = 'gk' .. i } end
+      return list
+    end
+
+    it('fails whole, with nothing changed, for one bad attempt anywhere', function()
+      for _, bad in ipairs({
+        { { quantity = 0 }, 'quantity' }, { { quantity = 'x' }, 'quantity' }, { { user = '' }, 'userId' },
+        { { resId = '' }, 'reservationId' }, { { orderId = '' }, 'orderId' },
+        { { resId = 'taken' }, 'reservationId taken already exists' }, { { resId = 'gk1dup' }, 'appears twice' },
+      }) do
+        local list = good(5)
+        if bad[1].resId == 'gk1dup' then list[1].resId = 'gk1dup' end
+        for k, v in pairs(bad[1]) do list[4][k] = v end
+        unchanged(function() r.batch('all', list, { index = true }) end, bad[2])
+        r.client:flushdb()
+      end
+    end)
+
+    it('fails for wrong keys or counts', function()
+      unchanged(function()
+        local keys, argv = r.batch_args('all', good(3))
+        keys[6 + 3 * 2 + 1] = scripts.keys('all').u('someone')
+        r.fcall('purchase_batch', keys, argv)
+      end, 'KEYS%[13%]')
+      r.client:flushdb()
+      unchanged(function()
+        local keys, argv = r.batch_args('all', good(3), { index = true })
+        keys[#keys] = 'order:other'
+        r.fcall('purchase_batch', keys, argv)
+      end, 'order:')
+      r.client:flushdb()
+      unchanged(function()
+        local keys, argv = r.batch_args('all', good(3))
+        argv[1] = 4
+        r.fcall('purchase_batch', keys, argv)
+      end, 'keys expected')
+      r.client:flushdb()
+      unchanged(function()
+        local keys, argv = r.batch_args('all', good(2))
+        argv[6] = 'yes'
+        r.fcall('purchase_batch', keys, argv)
+      end, 'index')
+    end)
+  end)
+end)
