@@ -116,9 +116,46 @@ function M.routes(app, deps)
     return refusal(404, "QUEUE_NOT_FOUND", "this sale has no waiting room")
   end
 
+  -- One headers table per Retry-After value: the hot path allocates none
+  -- (the runtime only sets X-Request-Id on it before sending).
+  local header_sets = {}
+  local function headers(secs)
+    local h = header_sets[secs]
+    if not h then
+      h = { ["Retry-After"] = tostring(secs), ["Cache-Control"] = "no-store" }
+      header_sets[secs] = h
+    end
+    return h
+  end
+
   local function answer(ticket, v)
+    local secs = M.poll_after(rules, v)
+    if v.state == "waiting" and v.position then
+      -- most polls: the JSON written directly, as cjson would, without a table
+      return 200, ('{"success":true,"ticket":"%s","state":"waiting","position":%d,"ahead":%d,%s"admitPerSec":%.14g}')
+        :format(ticket, v.position, v.ahead, v.etaSec and ('"etaSec":%d,'):format(v.etaSec) or "", v.admitPerSec),
+        headers(secs)
+    end
     v.success, v.ticket = true, ticket
-    return 200, v, { ["Retry-After"] = tostring(M.poll_after(rules, v)), ["Cache-Control"] = "no-store" }
+    return 200, v, headers(secs)
+  end
+
+  -- Tickets already checked in this worker (a waiting browser sends the same
+  -- one every few seconds): their signature is verified once.  Bounded: the
+  -- map starts afresh past MAX_TICKETS entries.
+  local MAX_TICKETS = 200000
+  local checked, n_checked = {}, 0
+  local function parse_ticket(sku, text)
+    local per = checked[sku]
+    local t = per and per[text]
+    if t then return t end
+    t = signer.parse_ticket(sku, text)
+    if not t then return nil end
+    if n_checked >= MAX_TICKETS then checked, n_checked = {}, 0 end
+    per = checked[sku]
+    if not per then per = {}; checked[sku] = per end
+    per[text], n_checked = t, n_checked + 1
+    return t
   end
 
   app:post("/api/v1/flash/queue/:skuId/join", function(req, ctx)
@@ -169,7 +206,7 @@ function M.routes(app, deps)
     if not sku then return refusal(400, "VALIDATION_ERROR", "skuId must be digits", { field = "skuId" }) end
     if not signer then return no_secret() end
     local text = ticket_of(req.query)
-    local t = signer.parse_ticket(sku, text)
+    local t = text and parse_ticket(sku, text)
     if not t then
       return refusal(400, "QUEUE_TICKET_INVALID", "not a ticket of this SKU's waiting room", { field = "ticket" })
     end
