@@ -28,7 +28,7 @@ local m = services.install(app, { required = { redis = true } })
 
 app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL") }
-  stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
+  stock.register(ctx.redis, services.scripts_dir()) -- loaded by the ready step
   ctx.owner = ("%s:%d:%d"):format(ctx.info.hostname or "host", ctx.info.node_id, ctx.info.pid)
   ctx.dependencies = { redis = services.redis_check(ctx.redis) }
   ctx.keeper = Keeper.new { redis = ctx.redis, random = crypto.random_bytes, log = ctx.log,

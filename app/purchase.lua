@@ -15,6 +15,7 @@ local stock = require "lib.stock"
 local answers = require "lib.answers"
 local auth = require "lib.auth"
 local SoldOut = require "lib.soldout"
+local GroupCommit = require "lib.group_commit"
 local orders = require "lib.orders"
 local admin = require "lib.admin"
 local services = require "lib.services"
@@ -39,7 +40,19 @@ services.install(app, { sku_gauges = true, required = { redis = true } })
 app:on_start(function(ctx)
   ctx.rules = rules
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL"), timeout_ms = tonumber(os.getenv("REDIS_TIMEOUT_MS")) or 1000 }
-  stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
+  -- registered only: the generation's ready step loads it before the first request
+  stock.register(ctx.redis, services.scripts_dir())
+  -- Group commit per SKU: attempts for one SKU that arrive while its call is
+  -- in flight ride together in the next purchase_batch call.  On one Redis
+  -- the function also writes each order's index; a cluster keeps the index
+  -- on other nodes, so the host writes it there (index_order below).
+  local with_index = not ctx.redis.cluster
+  ctx.purchases = GroupCommit.new {
+    max = rules.purchase_batch_max or 128,
+    send = function(sku, attempts) return stock.purchase_batch(ctx.redis, sku, attempts, rules, with_index) end,
+    on_batch = function(_, n) ctx.metrics.batch(n) end,
+  }
+  ctx.index_by_host = not with_index
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
   ctx.db = mysql.pool { size = 2 }
   ctx.dependencies = {
@@ -70,11 +83,14 @@ end)
 -- still be running when it is told to stop; the clients close when the
 -- drained generation's Lua state is collected.
 
--- The order index (order:<id> -> "sku:reservation") is written just before
--- the script, on the same connection, so Redis has it before the purchase
--- answer exists: a pay that follows on any worker finds it.  It starts with
--- a short life, which a successful purchase extends; a refused one leaves a
--- key that vanishes on its own.
+-- The order index (order:<id> -> "sku:reservation") lets the order routes
+-- find a reservation from an order id.  On one Redis, purchase_batch writes it
+-- with the reservation, so it exists before the answer does and an immediate
+-- pay on any worker finds it.  On a cluster it lives on another node than the
+-- SKU: the host writes it just before the attempt joins its batch, with a
+-- short life that a successful purchase extends, so a refused one leaves a key
+-- that vanishes on its own (ordering across nodes is not guaranteed there;
+-- MySQL is the fallback).
 local INDEX_FIRST_TTL = 60
 local function index_order(r, orderId, sku, resId)
   r:call("SET", stock.order_key(orderId), sku .. ":" .. resId, "EX", INDEX_FIRST_TTL)
@@ -119,9 +135,9 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   end
 
   local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }
-  core.spawn(index_order, ctx.redis, ids.orderId, p.skuId, ids.reservationId) -- queued before the script
+  if ctx.index_by_host then core.spawn(index_order, ctx.redis, ids.orderId, p.skuId, ids.reservationId) end
   local t_redis = core.mono()
-  local a, kind, detail = stock.purchase(ctx.redis, p, ids, rules)
+  local a, kind, detail = ctx.purchases:submit(p.skuId, { p = p, ids = ids })
   ctx.metrics.redis("purchase", (core.mono() - t_redis) / 1000)
   if not a then
     sold_out:probe_failed(p.skuId)
@@ -135,7 +151,7 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
     if p.queueTicket then shared.token_used(ctx, p) end
-    core.spawn(keep_index, ctx.redis, final.orderId, rules.reservation_ttl_sec)
+    if ctx.index_by_host then core.spawn(keep_index, ctx.redis, final.orderId, rules.reservation_ttl_sec) end
   elseif final.code == "SOLD_OUT" then
     if shared.queue_cache then shared.queue_cache:sold_out(p.skuId) end
     if sold_out:begin_fetch(p.skuId, core.now()) then core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining) end

@@ -14,6 +14,8 @@ return {
   max_quantity = 10,
   -- a worker that saw a SKU sold out answers 410 from memory for this long
   sold_out_mark_ms = 500,
+  -- group commit: at most this many attempts of one SKU in one purchase_batch call
+  purchase_batch_max = 128,
   -- Retry-After (seconds) sent with 503 when a dependency is down
   retry_after_unavailable_sec = 1,
 

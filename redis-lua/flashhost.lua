@@ -264,13 +264,21 @@ local function purchase_batch(keys, args)
       end
     end
     -- Answers that are final for this request are stored, so a retry gets them back.
+    -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
+    -- answers a sold-out SKU from memory still sends them to Redis, so their
+    -- retries get their own stored answer (a 200, a 403) back.
+    -- The answer is encoded once: that text is both the stored record's
+    -- result and this attempt's element of the call's answer.
     local function final(result)
+      local text = cjson.encode(result)
       if a.idem ~= '' then
         local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
-        redis.call('SET', a.idemKey, cjson.encode(rec), 'PX', IDEM_TTL_MS)
+        redis.call('SET', a.idemKey, '{"userId":' .. cjson.encode(a.userId) .. ',"requestHash":' ..
+          cjson.encode(a.hash) .. ',"gen":' .. cjson.encode(gen) .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS)
         idems[a.idemKey] = rec
+        if result.code ~= 'SOLD_OUT' then okKeys[#okKeys + 1] = a.idem end
       end
-      return result
+      return result, text
     end
 
     -- 2. No sale: not stored, so unknown SKUs leave nothing behind.
@@ -322,7 +330,6 @@ local function purchase_batch(keys, args)
       'expiresAt', tostring(expiresAt), 'ts', tostring(now), 'traceId', a.traceId)
     zadd[#zadd + 1] = expiresAt
     zadd[#zadd + 1] = a.resId
-    if a.idem ~= '' then okKeys[#okKeys + 1] = a.idem end
     if index then
       redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
     end
@@ -331,15 +338,16 @@ local function purchase_batch(keys, args)
   end
 
   local answers = {}
-  for i, a in ipairs(list) do answers[i] = attempt(a) end
+  for i, a in ipairs(list) do
+    local result, text = attempt(a)
+    answers[i] = text or cjson.encode(result)
+  end
 
   if taken > 0 then
     redis.call('DECRBY', stockKey, taken)
     redis.call('HINCRBY', countsKey, 'reserved', taken)
     redis.call('ZADD', pendingKey, unpack(zadd))
   end
-  -- The keys that bought a ticket: a worker that marks this SKU sold out still
-  -- sends these to Redis, so their retries get their stored answer back.
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))
     redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS)
@@ -361,7 +369,7 @@ local function purchase_batch(keys, args)
       end
     end
   end
-  return cjson.encode(answers)
+  return '[' .. table.concat(answers, ',') .. ']'
 end
 
 -- ---- confirm / release ------------------------------------------------------------

@@ -26,8 +26,12 @@ function M.define_metrics()
     { "status", "reason" })
   m.inventory = metrics.counter("inventory_operations_total", "Stock changes by operation.",
     { "operation" })
-  m.redis = metrics.histogram("redis_operation_duration_seconds", "Redis script latency.",
+  m.redis = metrics.histogram("redis_operation_duration_seconds", "Redis function latency.",
     { "operation" })
+  -- group commit: attempts / batches is the average batch size
+  m.batches = metrics.counter("flashhost_purchase_batches_total", "purchase_batch calls sent to Redis.")
+  m.batch_attempts = metrics.counter("flashhost_purchase_batch_attempts_total",
+    "Purchase attempts sent in purchase_batch calls.")
   m.kafka = metrics.histogram("kafka_produce_latency_seconds", "Outbox event to Kafka delivery.",
     { "topic" })
   -- read from Redis at scrape time: the scraping worker's value, never summed over workers
@@ -56,6 +60,7 @@ local function verbs(m)
     purchase = function(status, reason) m.attempts:inc({ status = status, reason = reason }) end,
     inventory = function(op, n) m.inventory:inc({ operation = op }, n or 1) end,
     redis = function(op, seconds) m.redis:observe({ operation = op }, seconds) end,
+    batch = function(n) m.batches:inc(nil, 1); m.batch_attempts:inc(nil, n) end,
   }
 end
 

@@ -92,6 +92,25 @@ describe("purchase API", function()
     assert.are.equal(4, sku_state(sku).available)
   end)
 
+  it("replays a stored refusal exactly while the SKU is marked sold out in memory", function()
+    local sku = new_sale { stock = 1 }
+    assert.are.equal(200, (buy("4101", sku, { idempotencyKey = "bought" })))
+    local s, b = buy("4101", sku, { idempotencyKey = "limited" })
+    assert.are.equal(403, s)
+    assert.are.equal("PURCHASE_LIMIT_EXCEEDED", b.error)
+    -- enough sold-out answers that every worker sets its in-process mark
+    for i = 1, 20 do assert.are.equal(410, (buy(tostring(4200 + i), sku))) end
+    for _ = 1, 10 do
+      local s2, b2, h2 = buy("4101", sku, { idempotencyKey = "limited" })
+      assert.are.equal(403, s2)
+      assert.are.equal("PURCHASE_LIMIT_EXCEEDED", b2.error)
+      assert.are.equal("true", h2["idempotent-replayed"])
+      local s3, _, h3 = buy("4101", sku, { idempotencyKey = "bought" })
+      assert.are.equal(200, s3)
+      assert.are.equal("true", h3["idempotent-replayed"])
+    end
+  end)
+
   it("rate-limits 25 quick requests by one user", function()
     local sku = new_sale { stock = 100, perUserLimit = 0 }
     local statuses = {}

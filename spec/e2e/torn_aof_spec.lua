@@ -99,12 +99,15 @@ describe("a torn append-only file", function()
     T.signal(pid, "KILL")
     T.wait_for("Redis to die", function() return not T.alive(pid) end, 5)
 
-    -- cut inside the last purchase's block: after its stock and counts
-    -- writes, in the middle of the reservation hash's HSET
+    -- cut inside the last purchase's block: after its reservation hash and
+    -- its stock and counts writes, in the middle of the pending ZADD, so
+    -- the block holds half a purchase
     local aof = read(file)
     local multi = assert(last_find(aof, "*1\r\n$5\r\nMULTI\r\n"), "no MULTI in the AOF")
-    local at = assert(aof:find(res_key, multi, true), "the reservation is not in the last block")
-    assert.truthy(aof:find("DECRBY", multi, true) < at, "stock is written before the reservation")
+    local res_at = assert(aof:find(res_key, multi, true), "the reservation is not in the last block")
+    local at = assert(aof:find("ZADD", multi, true), "no ZADD in the last block")
+    assert.truthy(res_at < at, "the reservation is written before the pending entry")
+    assert.truthy(aof:find("DECRBY", multi, true) < at, "stock is written before the pending entry")
     assert.is_nil(aof:find("MULTI", at, true), "nothing after the torn block")
     local cut = at + 5
     assert.are.equal(0, select(2, T.sh(("truncate -s %d %s"):format(cut, T.q(file)))))
@@ -121,7 +124,7 @@ describe("a torn append-only file", function()
     local prefix = "{sku:" .. sku .. "}:"
     assert.are.equal("0", redis("EXISTS", res_key))
     assert.are.equal("", redis("ZSCORE", prefix .. "pending", torn.reservationId))
-    assert.are.equal("", redis("HGET", prefix .. "users", torn_user))
+    assert.are.equal("", redis("HGET", prefix .. "u:" .. torn_user, "held"))
     assert.are.equal("4", redis("ZCARD", prefix .. "pending"))
     assert.are.equal("6", redis("GET", prefix .. "stock"))
     assert.are.equal("4", redis("HGET", prefix .. "counts", "reserved"))

@@ -108,6 +108,17 @@ describe('purchase', function()
   end)
 
   describe('idempotency', function()
+    it('lists every key whose stored answer is not SOLD_OUT in okkeys', function()
+      r.sale(S, { initial = 1 })
+      assert.are.equal('OK', r.purchase(S, 'u1', { key = 'bought' }).code)
+      assert.are.equal('LIMIT_EXCEEDED', r.purchase(S, 'u1', { key = 'limited' }).code)
+      assert.are.equal('SOLD_OUT', r.purchase(S, 'u2', { key = 'late' }).code)
+      local members = r.client:smembers(K.okkeys)
+      table.sort(members)
+      -- a worker answering SOLD_OUT from memory sends these two to Redis for their replay
+      assert.are.same({ 'bought', 'limited' }, members)
+    end)
+
     it('replays the stored answer, taking no stock and no rate token', function()
       r.sale(S, { initial = 5 })
       local first = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', rlCapacity = 2, rlRate = 0.001 })
