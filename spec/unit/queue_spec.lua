@@ -135,3 +135,70 @@ describe("queue pacing", function()
     assert.is_nil(pace.eta_sec(5, 0))
   end)
 end)
+
+describe("queue counter cache", function()
+  local Cache = require "lib.queue_cache"
+  local reads, state, fail
+
+  local function new()
+    reads, fail = 0, false
+    state = { code = "OK", gen = "9", serving = "0", tail = "10", preCount = "0", frozen = "1", opened = "1",
+      soldOut = "0", rate = "5", measured = "0", stock = "3" }
+    return Cache.new {
+      refresh_ms = 250, stale_max_ms = 1000,
+      fetch = function()
+        reads = reads + 1
+        if fail then return nil, "unavailable", "down" end
+        local copy = {}
+        for k, v in pairs(state) do copy[k] = v end
+        return copy
+      end,
+      fetch_order = function() return { code = "OK", gen = "9", opened = true, order = pace.encode_order { 3, 1, 2 } } end,
+    }
+  end
+
+  it("reads Redis at most once per refresh interval", function()
+    local c = new()
+    assert.are.equal(0, c:get("1", 1000).q.serving)
+    state.serving = "4"
+    assert.are.equal(0, c:get("1", 1249).q.serving, "within 250 ms: the copy")
+    assert.are.equal(1, reads)
+    assert.are.equal(4, c:get("1", 1250).q.serving, "then a fresh read")
+    assert.are.equal(2, reads)
+  end)
+
+  it("keeps a copy for a SKU without a queue too, and serves a stale copy only for a while", function()
+    local c = new()
+    state = { code = "NO_QUEUE" }
+    assert.are.equal("NO_QUEUE", c:get("2", 0).q.code)
+    c:get("2", 100)
+    assert.are.equal(1, reads)
+    c = new()
+    c:get("1", 0)
+    fail = true
+    assert.is_table(c:get("1", 900), "Redis away: the old copy")
+    local e, kind = c:get("1", 1500)
+    assert.is_nil(e)
+    assert.are.equal("unavailable", kind)
+  end)
+
+  it("says sold out when the stock is gone, before the keeper's flag", function()
+    local c = new()
+    state.stock = "0"
+    assert.is_true(c:get("1", 0).q.soldOut)
+    c = new()
+    c:get("1", 0)
+    c:sold_out("1")
+    assert.is_true(c:get("1", 10).q.soldOut, "a local SOLD_OUT answer counts at once")
+  end)
+
+  it("places pre-queue tickets by the shuffled order, later ones by their number", function()
+    local c = new()
+    state.preCount = "3"
+    local e = c:get("1", 0)
+    assert.are.same({ 2, 3, 1, 4 }, { Cache.position(e, 1), Cache.position(e, 2), Cache.position(e, 3), Cache.position(e, 4) })
+    state.opened, state.frozen = "0", "0"
+    e = c:get("1", 1000)
+    assert.is_nil(Cache.position(e, 5), "the pre-queue is still open: no place yet")
+  end)
+end)
