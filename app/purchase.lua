@@ -115,11 +115,11 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   local t0 = core.mono()
   local body, jerr = req:json()
   if not body then
-    return 400, { success = false, error = "INVALID_JSON", message = jerr }
+    return answers.refusal(400, "INVALID_JSON", jerr)
   end
   local p, verr = validate.purchase(body, rules.max_quantity)
   if not p then
-    return 400, { success = false, error = "VALIDATION_ERROR", message = verr.message, field = verr.field }
+    return answers.refusal(400, "VALIDATION_ERROR", verr.message, { field = verr.field })
   end
   local s, b = auth.require_user(auth_cfg, req, p.userId, jwt.verify_hs256, core.now())
   if s then return s, b end
@@ -163,14 +163,14 @@ end)
 
 app:get("/api/v1/flash/skus/:skuId", function(req, ctx)
   local sku = validate.id_string(req.params.skuId, "skuId")
-  if not sku then return 400, { success = false, error = "VALIDATION_ERROR", message = "skuId must be digits" } end
+  if not sku then return answers.refusal(400, "VALIDATION_ERROR", "skuId must be digits") end
   local st, kind, detail = stock.status(ctx.redis, sku)
   if not st then
     if kind == "unavailable" then return answers.unavailable(rules, detail) end
     return answers.internal()
   end
   if st.code == "NO_SALE" then
-    return 404, { success = false, error = "SKU_NOT_FOUND", message = rules.messages.unknown_sku }
+    return answers.refusal(404, "SKU_NOT_FOUND", rules.messages.unknown_sku)
   end
   return 200, admin.sku_view(sku, st, core.now())
 end)

@@ -9,7 +9,12 @@
  *
  * Limits: header bytes (431), body bytes (413), malformed input (400), a
  * request that takes too long to arrive (408), idle keep-alive connections
- * are closed.  Every error answer closes the connection.
+ * are closed.  Every error answer closes the connection, the way nginx's
+ * lingering close does: parsing stops, the answer is written, the write side
+ * is shut down, and what the client still sends is read and dropped until it
+ * closes, FH_LINGER_MS pass or FH_LINGER_MAX_BYTES arrive.  Closing with
+ * unread bytes would make the kernel reset the connection, and a client that
+ * writes its whole request before reading would see the reset, not the answer.
  */
 #include "http.h"
 #include "gen.h"
@@ -26,6 +31,10 @@
 #include <arpa/inet.h>
 
 #define FH_MAX_HEADERS 100
+/* Bounds of a lingering close, from the refusal on: a client that never
+ * stops sending is cut off after this long or this many bytes. */
+#define FH_LINGER_MS 2000
+#define FH_LINGER_MAX_BYTES (4u << 20)
 
 typedef struct { char *p; size_t len, cap; } fh__buf;
 typedef struct { size_t name_off, name_len, val_off, val_len; } fh__hdr;
@@ -39,11 +48,14 @@ typedef struct fh__listener {
 struct fh_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
+  uv_shutdown_t shutdown;
   http_parser parser;
   const char *kind;
   int handles_open;      /* tcp + timer; freed when both closed and no responder */
   unsigned closing : 1, busy : 1, responder : 1, in_message : 1, keep_alive : 1, reading : 1;
   unsigned hdr_in_value : 1;
+  unsigned lingering : 1; /* refused: answer, shut down writes, drop what arrives */
+  size_t linger_bytes;
   int error_status;
   fh__buf pending;       /* received, not yet parsed */
   fh__buf url, body, hbuf;
@@ -247,6 +259,14 @@ static int on_message_complete(http_parser *p) {
 
 typedef struct { uv_write_t req; char *buf; fh_conn *c; } fh__write;
 
+/* The FIN went out after a refusal; reading goes on until the client closes
+ * or the linger bounds run out (fh__on_read, fh__on_timer). */
+static void fh__after_shutdown(uv_shutdown_t *req, int status) {
+  fh_conn *c = req->data;
+  if (c->closing) return; /* cancelled by the close; the close frees */
+  if (status < 0) fh__conn_close(c);
+}
+
 static void fh__after_write(uv_write_t *w, int status) {
   fh__write *wr = (fh__write *)w;
   fh_conn *c = wr->c;
@@ -254,6 +274,12 @@ static void fh__after_write(uv_write_t *w, int status) {
   free(wr);
   c->busy = 0;
   if (c->closing) { fh__conn_close(c); return; }
+  if (c->lingering) {
+    c->shutdown.data = c;
+    if (status < 0 || uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, fh__after_shutdown) != 0)
+      fh__conn_close(c);
+    return;
+  }
   if (status < 0 || !c->keep_alive || fh__draining) { fh__conn_close(c); return; }
   /* Next request: first whatever was pipelined behind this one. */
   http_parser_pause(&c->parser, 0);
@@ -312,7 +338,9 @@ static const char *fh__code(int status) {
 }
 
 /* Protocol-level errors are answered here, without Lua, and close the
- * connection: after a framing error we cannot know where the next request starts. */
+ * connection: after a framing error we cannot know where the next request
+ * starts.  The close lingers (see the top of the file); reading goes on from
+ * now, so a client blocked in its upload can finish it and read the answer. */
 static void fh__send_error(fh_conn *c, int status) {
   char body[160], *buf = malloc(512);
   if (!buf) { fh__conn_close(c); return; }
@@ -325,8 +353,10 @@ static void fh__send_error(fh_conn *c, int status) {
   c->keep_alive = 0;
   c->busy = 1;
   c->in_message = 0;
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  c->reading = 0;
+  c->lingering = 1;
+  fh__buf_free(&c->pending);
+  uv_timer_start(&c->timer, fh__on_timer, FH_LINGER_MS, 0);
+  fh__start_reading(c);
   fh_conn_respond(c, buf, (size_t)n);
 }
 
@@ -367,6 +397,7 @@ static void fh__conn_close(fh_conn *c) {
 
 static void fh__on_timer(uv_timer_t *t) {
   fh_conn *c = t->data;
+  if (c->lingering) { fh__conn_close(c); return; } /* the linger bound */
   if (c->busy) return; /* a handler is running: its own deadlines apply */
   if (c->in_message) fh__send_error(c, 408);
   else fh__conn_close(c);
@@ -374,6 +405,7 @@ static void fh__on_timer(uv_timer_t *t) {
 
 static void fh__parse(fh_conn *c, const char *data, size_t len) {
   size_t n = http_parser_execute(&c->parser, &fh__settings, data, len);
+  if (c->lingering) return; /* a callback refused the request: the rest is dropped */
   enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
   if (e == HPE_PAUSED) {
     /* A request went to a handler; keep what follows it for later. */
@@ -398,6 +430,11 @@ static void fh__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   fh_conn *c = s->data;
   if (nread < 0) { fh__conn_close(c); return; }
   if (nread == 0 || c->closing) return;
+  if (c->lingering) {
+    c->linger_bytes += (size_t)nread;
+    if (c->linger_bytes > FH_LINGER_MAX_BYTES) fh__conn_close(c);
+    return;
+  }
   if (c->busy) { /* cannot happen while reading is stopped, but stay safe */
     if (fh__buf_add(&c->pending, buf->base, (size_t)nread) != 0) fh__conn_close(c);
     return;
@@ -492,7 +529,8 @@ void fh_http_drain(void (*on_done)(void)) {
   fh__drain_done = on_done;
   for (fh_conn *c = fh__conns, *next; c; c = next) {
     next = c->next;
-    if (!c->busy) fh__conn_close(c); /* idle or mid-upload: nothing owed */
+    /* idle or mid-upload: nothing owed; a lingering close ends by its own bounds */
+    if (!c->busy && !c->lingering) fh__conn_close(c);
   }
   if (fh__nconns == 0 && fh__drain_done) {
     fh__drain_done = NULL;

@@ -43,7 +43,12 @@ int main(int argc, char **argv) {
   if (check) return fh_worker_check(app);
   if (worker_id >= 0) return fh_worker_run(app, worker_id, 1);
   if (workers < 0) workers = getenv("WORKERS") ? atoi(getenv("WORKERS")) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  if (workers == 0) return fh_worker_run(app, 0, 0);
+  if (workers == 0) {
+    if (fh_ports_claim() != 0) return 1;
+    int rc = fh_worker_run(app, 0, 0);
+    fh_ports_release();
+    return rc;
+  }
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) { perror("readlink /proc/self/exe"); return 71; }

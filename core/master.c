@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/file.h>
+#include <fcntl.h>
 #include <dirent.h>
 
 #define FH_MAX_WORKERS 64
@@ -43,10 +45,13 @@ static void fh__spawn(int i) {
   pid_t pid = fork();
   if (pid < 0) { fh_log(FH_LOG_ERROR, "fork: %s", strerror(errno)); return; }
   if (pid == 0) {
-    /* Default dispositions and an empty mask: the exec'd worker installs its own. */
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
+    /* Default dispositions and a mask with only SIGHUP: the exec'd worker
+     * installs its own handlers, then unblocks SIGHUP.  A reload forwarded
+     * before that would otherwise meet the default action and kill it. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     /* A worker must not outlive its master (killed with SIGKILL, say): it
      * would keep its port share and its Kafka partitions with nobody to
      * supervise it.  The signal survives exec; the getppid check closes the
@@ -85,18 +90,79 @@ static void fh__write_master_metrics(void) {
   rename(tmp, path);
 }
 
-static void fh__remove_metrics_dir(void) {
-  DIR *d = opendir(fh__metrics_dir);
+static void fh__remove_dir(const char *dir) {
+  DIR *d = opendir(dir);
   if (!d) return;
   struct dirent *e;
   char path[600];
   while ((e = readdir(d))) {
     if (e->d_name[0] == '.') continue;
-    snprintf(path, sizeof path, "%s/%s", fh__metrics_dir, e->d_name);
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     unlink(path);
   }
   closedir(d);
-  rmdir(fh__metrics_dir);
+  rmdir(dir);
+}
+
+/* A master holds an flock on <metrics dir>/master.lock for its life, so a
+ * later master can tell a live master's folder from a dead one's without
+ * trusting pids (they are reused).  The file is locked before it is renamed
+ * into place: whoever sees master.lock sees it locked while its master lives. */
+static void fh__lock_metrics_dir(void) {
+  char tmp[400], path[400];
+  snprintf(tmp, sizeof tmp, "%s/master.lock.tmp", fh__metrics_dir);
+  snprintf(path, sizeof path, "%s/master.lock", fh__metrics_dir);
+  int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0 || rename(tmp, path) != 0) { close(fd); unlink(tmp); return; }
+  /* kept open, never closed: the kernel releases the lock when we die */
+}
+
+/* Whether the folder of master `pid` outlived it. */
+static int fh__orphan_dir(const char *dir, int pid) {
+  char path[400];
+  snprintf(path, sizeof path, "%s/master.lock", dir);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    int unlocked = flock(fd, LOCK_SH | LOCK_NB) == 0;
+    close(fd);
+    return unlocked;
+  }
+  /* No lock yet (just created) or left by an older flashhost: the pid
+   * decides.  Gone is proof; alive, it must not be a flashhost (by name or
+   * by being this very binary) — a pid now owned by another program. */
+  if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
+  char proc[64], comm[64] = "", exe[512], self[512];
+  snprintf(proc, sizeof proc, "/proc/%d/comm", pid);
+  FILE *f = fopen(proc, "r");
+  if (!f) return 0;
+  int got = fgets(comm, sizeof comm, f) != NULL;
+  fclose(f);
+  if (!got || strstr(comm, "flashhost")) return 0;
+  snprintf(proc, sizeof proc, "/proc/%d/exe", pid);
+  ssize_t n = readlink(proc, exe, sizeof exe - 1), m = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0 || m <= 0) return 0; /* cannot tell: keep it */
+  exe[n] = self[m] = 0;
+  return strcmp(exe, self) != 0;
+}
+
+/* Removes the /dev/shm/flashhost-<pid> folders of masters that died without
+ * cleaning up (SIGKILL, a crash); a live master's folder is left alone. */
+static void fh__remove_stale_metrics_dirs(void) {
+  DIR *d = opendir("/dev/shm");
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    int pid, end = 0;
+    if (sscanf(e->d_name, "flashhost-%d%n", &pid, &end) != 1 || e->d_name[end] || pid <= 0) continue;
+    if (pid == (int)getpid()) continue;
+    char dir[300];
+    snprintf(dir, sizeof dir, "/dev/shm/%s", e->d_name);
+    if (!fh__orphan_dir(dir, pid)) continue;
+    fh__remove_dir(dir);
+    fh_log(FH_LOG_INFO, "removed %s, left by a master that is gone", dir);
+  }
+  closedir(d);
 }
 
 static void fh__on_restart(uv_timer_t *t) {
@@ -172,10 +238,16 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   M.self = self;
   M.app = app;
   M.n = nworkers > FH_MAX_WORKERS ? FH_MAX_WORKERS : nworkers;
+  if (fh_ports_claim() != 0) return 1; /* before anything is created that would need cleaning */
   const char *md = getenv("FH_METRICS_DIR");
   if (md && *md) snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "%s", md);
   else snprintf(fh__metrics_dir, sizeof fh__metrics_dir, "/dev/shm/flashhost-%d", (int)getpid());
+  fh__remove_stale_metrics_dirs();
+  /* A folder named after our own pid was left by a dead master whose pid we
+   * got; its snapshots must not be taken for our workers' predecessors. */
+  if (!md || !*md) fh__remove_dir(fh__metrics_dir);
   mkdir(fh__metrics_dir, 0700);
+  fh__lock_metrics_dir();
   uv_signal_init(M.loop, &M.sig_chld);
   uv_signal_init(M.loop, &M.sig_hup);
   uv_signal_init(M.loop, &M.sig_term);
@@ -194,7 +266,8 @@ int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   for (int i = 0; i < M.n; i++) fh__spawn(i);
   uv_run(M.loop, UV_RUN_DEFAULT);
   int failed = M.boot_failures > 0;
-  if (!md || !*md) fh__remove_metrics_dir();
+  if (!md || !*md) fh__remove_dir(fh__metrics_dir);
+  fh_ports_release();
   fh_log(FH_LOG_INFO, "master exits");
   return failed ? 1 : 0;
 }

@@ -7,6 +7,10 @@
  * A sample is a full series name ("x_total{a=\"b\"}") and a double.  Families
  * keep their samples in creation order; a histogram instance (family+labels)
  * remembers where its bucket samples start, so observe() is one lookup.
+ *
+ * carry()/carried() keep one more piece of text for the process's life: the
+ * counters a replaced worker left behind, which this process keeps reporting
+ * (core/lua/flashhost/metrics.lua).
  */
 #include "fh.h"
 #include <stdlib.h>
@@ -193,6 +197,28 @@ static int l_observe(lua_State *L) {
   return 0;
 }
 
+/* carry(text) once per process; carried() -> that text, or nil before. */
+static char *fh__carried;
+static size_t fh__carried_len;
+
+static int l_carry(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  char *copy = malloc(n + 1);
+  if (!copy) return luaL_error(L, "out of memory");
+  memcpy(copy, s, n + 1);
+  free(fh__carried);
+  fh__carried = copy;
+  fh__carried_len = n;
+  return 0;
+}
+
+static int l_carried(lua_State *L) {
+  if (fh__carried) lua_pushlstring(L, fh__carried, fh__carried_len);
+  else lua_pushnil(L);
+  return 1;
+}
+
 /* render() -> Prometheus text of this process */
 static int l_render(lua_State *L) {
   luaL_Buffer b;
@@ -215,7 +241,8 @@ static int l_render(lua_State *L) {
 
 int luaopen_flashhost_metrics_store(lua_State *L) {
   static const luaL_Reg fns[] = {{"define", l_define}, {"add", l_add}, {"set", l_set},
-                                 {"observe", l_observe}, {"render", l_render}, {NULL, NULL}};
+                                 {"observe", l_observe}, {"render", l_render}, {"carry", l_carry},
+                                 {"carried", l_carried}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

@@ -109,9 +109,10 @@ static void fh__on_signal(uv_signal_t *s, int signum) {
 }
 
 static int fh__listen_all(void) {
-  const char *host = getenv("HOST") ? getenv("HOST") : "0.0.0.0";
-  const char *admin_host = getenv("ADMIN_HOST") ? getenv("ADMIN_HOST") : "127.0.0.1";
-  int port = fh__env_int("PORT", 3000), admin = fh__env_int("ADMIN_PORT", 9145);
+  fh_ports p;
+  fh_ports_get(&p);
+  const char *host = p.host, *admin_host = p.admin_host;
+  int port = p.port, admin = p.admin_port;
   int rc = fh_http_listen(host, port, "public");
   if (rc) { fh_log(FH_LOG_ERROR, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc)); return rc; }
   if (admin > 0 && (rc = fh_http_listen(admin_host, admin, "admin")) != 0) {
@@ -154,6 +155,12 @@ int fh_worker_run(const char *app, int id, int has_master) {
   uv_signal_start(&W.sig_hup, fh__on_signal, SIGHUP);
   uv_signal_start(&W.sig_term, fh__on_signal, SIGTERM);
   uv_signal_start(&W.sig_int, fh__on_signal, SIGINT);
+  /* The master starts us with SIGHUP blocked (core/master.c); one sent
+   * meanwhile is pending and now becomes a reload. */
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_UNBLOCK, &hup, NULL);
 
   fh_gen *g = fh_gen_new(app, fh__on_first_boot);
   if (!g) return FH_EXIT_BOOT_FAILED;

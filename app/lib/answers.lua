@@ -98,6 +98,23 @@ function M.internal()
   return 500, { success = false, error = "INTERNAL", message = "internal error" }
 end
 
+-- An order as GET /api/v1/orders/:id shows it, from its reservation hash in
+-- Redis or from its row in MySQL.  Times as in a purchase answer: expiresAt
+-- in epoch ms, expiresAtIso the same instant as text.
+function M.order_view(orderId, loc, h)
+  local exp = tonumber(h.expiresAt)
+  return { orderId = orderId, reservationId = loc.reservationId, skuId = loc.sku, userId = h.userId,
+    quantity = tonumber(h.quantity), unitPrice = tonumber(h.unitPrice), status = h.status,
+    expiresAt = exp, expiresAtIso = exp and iso(exp) or nil, source = "redis" }
+end
+
+function M.order_row_view(orderId, r)
+  local exp = tonumber(r.expires_ms) and math.floor(tonumber(r.expires_ms)) or nil
+  return { orderId = orderId, reservationId = r.reservation_id, skuId = r.sku_id, userId = r.user_id,
+    quantity = tonumber(r.quantity), unitPrice = tonumber(r.unit_price), status = r.status,
+    expiresAt = exp, expiresAtIso = exp and iso(exp) or nil, source = "mysql" }
+end
+
 -- confirm/release answers for the order routes.
 local ORDER = {
   OK = 200, ALREADY_CONFIRMED = 200, ALREADY_CANCELED = 200, ALREADY_EXPIRED = 410,
@@ -114,7 +131,7 @@ function M.order_change(a, action)
   local body = {
     success = status == 200, code = a.code, orderId = a.orderId, reservationId = a.reservationId,
     status = a.status or STATUS_OF[a.code], quantity = a.quantity, paymentRef = a.paymentRef,
-    expiresAt = a.expiresAt and iso(a.expiresAt) or nil,
+    expiresAt = a.expiresAt, expiresAtIso = a.expiresAt and iso(a.expiresAt) or nil,
   }
   if status ~= 200 then
     body.error = (a.code == "NOT_OWNER") and "NOT_FOUND" or a.code

@@ -1,6 +1,7 @@
 -- Bearer-token authentication (AUTH=jwt): an HS256 token whose `sub` is the
 -- user the request acts for.  With AUTH=none every request is trusted.
 local cjson = require "cjson.safe"
+local refusal = require("lib.answers").refusal
 
 local M = {}
 M.PLACEHOLDER_SECRET = "change-me-in-production"
@@ -24,20 +25,20 @@ function M.subject(cfg, req, verify, now_ms)
   local h = req.headers and req.headers["authorization"]
   local token = h and h:match("^[Bb]earer%s+(%S+)$")
   if not token then
-    return nil, 401, { success = false, error = "UNAUTHORIZED", message = "missing bearer token" }
+    return nil, refusal(401, "UNAUTHORIZED", "missing bearer token")
   end
   local claims_json = verify(token, cfg.secret)
   local claims = claims_json and cjson.decode(claims_json)
   if type(claims) ~= "table" then
-    return nil, 401, { success = false, error = "UNAUTHORIZED", message = "invalid token" }
+    return nil, refusal(401, "UNAUTHORIZED", "invalid token")
   end
   if type(claims.exp) == "number" and claims.exp * 1000 <= now_ms then
-    return nil, 401, { success = false, error = "UNAUTHORIZED", message = "token expired" }
+    return nil, refusal(401, "UNAUTHORIZED", "token expired")
   end
   local sub = claims.sub
   if type(sub) == "number" then sub = ("%d"):format(sub) end
   if type(sub) ~= "string" or sub == "" then
-    return nil, 401, { success = false, error = "UNAUTHORIZED", message = "token has no subject" }
+    return nil, refusal(401, "UNAUTHORIZED", "token has no subject")
   end
   return sub
 end
@@ -48,7 +49,7 @@ function M.require_user(cfg, req, user, verify, now_ms)
   local sub, status, body = M.subject(cfg, req, verify, now_ms)
   if not sub then return status, body end
   if sub ~= user then
-    return 403, { success = false, error = "FORBIDDEN", message = "the token belongs to another user" }
+    return refusal(403, "FORBIDDEN", "the token belongs to another user")
   end
   return nil
 end

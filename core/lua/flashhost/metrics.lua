@@ -10,7 +10,13 @@
 -- to a file in a per-master folder on tmpfs (FH_METRICS_DIR, default
 -- /dev/shm/flashhost-<master pid>); a scrape renders its own worker
 -- fresh, reads the others' snapshots and sums samples with equal names and
--- labels.  A snapshot is at most `publish` interval old (1 s).
+-- labels.  A snapshot is at most `publish` interval old (1 s); a scrape also
+-- publishes its own worker, so no scrape ever saw more than a snapshot holds.
+--
+-- A worker replaced after a crash starts from zero, but counters must not go
+-- backwards: the new process (same worker id, same master) takes over the
+-- counters and histograms of the snapshot its predecessor left and goes on
+-- adding them to its own.  The predecessor's gauges are dropped.
 local core = require "flashhost.core"
 
 local store = require "flashhost.metrics.store"
@@ -127,6 +133,7 @@ function M.merge(texts)
         meta[fname] = meta[fname] or {}
         meta[fname][kind] = meta[fname][kind] or line
         if not families[fname] then families[fname] = { order = {}, values = {} }; fam_order[#fam_order + 1] = fname end
+      elseif line:sub(1, 1) == "#" then -- any other comment
       else
         local series, value = line:match("^(.-)%s+(%S+)$")
         if series then
@@ -177,6 +184,47 @@ local function without_shared(text)
   return #out > 0 and table.concat(out, "\n") .. "\n" or ""
 end
 
+local function snapshot_path() return ("%s/worker-%d.prom"):format(M.dir(), core.info().worker_id) end
+-- First line of a snapshot: whose it is, so a worker takes over only what a
+-- predecessor under the same master wrote (FH_METRICS_DIR may outlive a master).
+local function owner_line() return ("# flashhost master %d\n"):format(core.info().master_pid) end
+
+-- The counter and histogram lines of a Prometheus text (gauges dropped).
+local function monotonic_only(text)
+  local kinds = {}
+  for name, kind in text:gmatch("# TYPE ([%w_:]+) (%a+)") do kinds[name] = kind end
+  local function kind_of(name)
+    if kinds[name] then return kinds[name] end
+    for _, suffix in ipairs { "_bucket", "_sum", "_count" } do
+      if name:sub(-#suffix) == suffix and kinds[name:sub(1, #name - #suffix)] == "histogram" then return "histogram" end
+    end
+  end
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    local name = line:match("^# %u+ ([%w_:]+)") or line:match("^([%w_:]+)")
+    local kind = name and kind_of(name)
+    if kind == "counter" or kind == "histogram" then out[#out + 1] = line end
+  end
+  return #out > 0 and M.merge({ table.concat(out, "\n") }) or ""
+end
+
+-- What this process carries over from the worker it replaced; decided once
+-- per process (the store outlives reloads), before its first snapshot
+-- overwrites the predecessor's.
+local function inherited()
+  local carried = store.carried()
+  if carried then return carried end
+  carried = ""
+  local f = io.open(snapshot_path())
+  if f then
+    local text = f:read("*a")
+    f:close()
+    if text:sub(1, #owner_line()) == owner_line() then carried = monotonic_only(text) end
+  end
+  store.carry(carried)
+  return carried
+end
+
 -- Writes this worker's snapshot (cheap: tmpfs).
 local made_dir
 function M.publish()
@@ -185,14 +233,16 @@ function M.publish()
     core.mkdir(dir)
     made_dir = dir
   end
-  write_atomic(("%s/worker-%d.prom"):format(dir, core.info().worker_id), without_shared(M.render()))
+  local carried = inherited()
+  write_atomic(snapshot_path(), owner_line() .. without_shared(M.render()) .. carried)
 end
 
 -- Every worker's samples summed, this worker's fresh.
 function M.render_all()
   local dir = M.dir()
   local me = core.info().worker_id
-  local texts = { M.render() }
+  M.publish()
+  local texts = { M.render(), inherited() }
   for i = 0, 63 do
     if i ~= me then
       local f = io.open(("%s/worker-%d.prom"):format(dir, i))
