@@ -11,6 +11,8 @@ local core = require "flashhost.core"
 local redis_client = require "flashhost.redis"
 local services = require "lib.services"
 local stock = require "lib.stock"
+local crypto = require "flashhost.crypto"
+local Keeper = require "lib.queue_keeper"
 
 local app = application.new("cleanup")
 
@@ -18,14 +20,19 @@ local LEASE_KEY = "cleanup:lease"
 local LEASE_TTL_MS = tonumber(os.getenv("CLEANUP_LEASE_MS")) or 5000
 local INTERVAL_MS = tonumber(os.getenv("CLEANUP_INTERVAL_MS")) or 250
 local BATCH = 200
+-- The waiting rooms' keeper steps this often; a status poll is at most this
+-- plus the API's cache age behind.
+local QUEUE_STEP_MS = tonumber(os.getenv("QUEUE_STEP_MS")) or 100
 
-services.install(app, { required = { redis = true } })
+local m = services.install(app, { required = { redis = true } })
 
 app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL") }
   stock.register(ctx.redis, services.scripts_dir()) -- loaded by the ready step
   ctx.owner = ("%s:%d:%d"):format(ctx.info.hostname or "host", ctx.info.node_id, ctx.info.pid)
   ctx.dependencies = { redis = services.redis_check(ctx.redis) }
+  ctx.keeper = Keeper.new { redis = ctx.redis, random = crypto.random_bytes, log = ctx.log,
+    metrics = { admitted = m.queue_admitted, length = m.queue_length, wait = m.queue_wait } }
 end)
 
 -- One sweep: every SKU until nothing is due.  Returns the reservations expired.
@@ -61,6 +68,11 @@ app:every(INTERVAL_MS, "expire-reservations", function(ctx)
     ctx.metrics.inventory("expire", n)
     ctx.log.info("reservations expired", { count = n })
   end
+end)
+
+-- The waiting rooms: only while this instance holds the cleanup lease.
+app:every(QUEUE_STEP_MS, "queue-keeper", function(ctx)
+  if ctx.leader then ctx.keeper:run() end
 end)
 
 app:on_stop(function(ctx)

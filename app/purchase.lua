@@ -26,6 +26,7 @@ local mysql = require "flashhost.mysql"
 local app = application.new("purchase")
 local sold_out = SoldOut.new()
 local auth_cfg
+local shared
 
 app:on_validate(function(ctx)
   -- Refuse to start (or to reload) with unusable settings or a broken rules file.
@@ -122,6 +123,10 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   end
   local s, b = auth.require_user(auth_cfg, req, p.userId, jwt.verify_hs256, core.now())
   if s then return s, b end
+  -- a queue token is checked here, from its signature alone; without one a
+  -- queued sale is refused by the purchase function itself (no extra Redis call)
+  s, b = shared.check_token(p, body, core.now())
+  if s then return s, b end
 
   local remaining = sold_out:check(p.skuId, p.idempotencyKey, core.now())
   if remaining then
@@ -145,9 +150,11 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
   sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
+    if p.queueTicket then shared.token_used(ctx, p) end
     if ctx.index_by_host then core.spawn(keep_index, ctx.redis, final.orderId, rules.reservation_ttl_sec) end
-  elseif final.code == "SOLD_OUT" and sold_out:begin_fetch(p.skuId, core.now()) then
-    core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining)
+  elseif final.code == "SOLD_OUT" then
+    if shared.queue_cache then shared.queue_cache:sold_out(p.skuId) end
+    if sold_out:begin_fetch(p.skuId, core.now()) then core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining) end
   end
   ctx.metrics.purchase(final.code == "OK" and "success" or "rejected", a.code == "REPLAY" and "replay" or final.code)
   if a.code == "NOT_STARTED" then a.now = core.now() end
@@ -168,12 +175,19 @@ app:get("/api/v1/flash/skus/:skuId", function(req, ctx)
   return 200, admin.sku_view(sku, st, core.now())
 end)
 
+-- Shared by the admin and queue routes (lib/queue.lua fills in the queue's hooks).
+shared = {
+  rules = rules, sold_out = sold_out,
+  auth = function(req, user) return auth.require_user(auth_cfg, req, user, jwt.verify_hs256, core.now()) end,
+}
+
 orders.routes(app, {
   rules = rules, sold_out = sold_out,
   auth = function(req, user) return auth.require_user(auth_cfg, req, user, jwt.verify_hs256, core.now()) end,
   subject = function(req) return auth.subject(auth_cfg, req, jwt.verify_hs256, core.now()) end,
 })
-admin.routes(app, { rules = rules, sold_out = sold_out })
+admin.routes(app, shared)
+require("lib.queue").routes(app, shared)
 require("lib.live").routes(app, { rules = rules })
 
 return app

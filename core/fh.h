@@ -107,6 +107,7 @@ int luaopen_flashhost_redis_driver(lua_State *L);  /* core/redis.c */
 int luaopen_flashhost_kafka_driver(lua_State *L);  /* core/kafka.c */
 int luaopen_flashhost_mysql_driver(lua_State *L);  /* core/mysql.c */
 int luaopen_flashhost_jwt(lua_State *L);      /* core/jwt.c */
+int luaopen_flashhost_crypto(lua_State *L);   /* core/crypto.c */
 int luaopen_flashhost_metrics_store(lua_State *L); /* core/metrics.c */
 
 /* Embedded Lua sources (generated from core/lua/ at build time). */

@@ -63,6 +63,7 @@ static void fh__preload(lua_State *L) {
     {"flashhost.kafka.driver", luaopen_flashhost_kafka_driver},
     {"flashhost.mysql.driver", luaopen_flashhost_mysql_driver},
     {"flashhost.jwt", luaopen_flashhost_jwt},
+    {"flashhost.crypto", luaopen_flashhost_crypto},
     {"flashhost.metrics.store", luaopen_flashhost_metrics_store},
     {NULL, NULL}};
   lua_getglobal(L, "package");

@@ -5,6 +5,7 @@ local validate = require "lib.validate"
 local stock = require "lib.stock"
 local answers = require "lib.answers"
 local reconcile = require "lib.reconcile"
+local queue_admin = require "lib.queue_admin"
 
 local M = {}
 
@@ -33,6 +34,9 @@ function M.routes(app, deps)
     if not body then return 400, { error = "INVALID_JSON", message = jerr } end
     local s, verr = validate.sale(body)
     if not s then return 400, { error = "VALIDATION_ERROR", message = verr.message, field = verr.field } end
+    if s.queue and not (deps.queue_ready and deps.queue_ready()) then
+      return 409, { error = "QUEUE_SECRET_MISSING", message = "a queued sale needs QUEUE_SECRET set on the API", field = "queue" }
+    end
     local a, kind, detail = stock.create_sale(ctx.redis, s, req.id)
     if not a then
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
@@ -43,6 +47,15 @@ function M.routes(app, deps)
     ctx.redis:call("SADD", stock.SKU_SET, s.skuId)
     ctx.redis:call("DEL", stock.prefix(s.skuId) .. "okkeys")
     deps.sold_out:clear(s.skuId)
+    -- The queue comes right after its sale; until then the sale refuses every
+    -- purchase without a token (sale.lua stored queue = 1), so nothing slips by.
+    local qok, qkind, qdetail = queue_admin.after_sale(ctx.redis, s)
+    if not qok then
+      ctx.log.warn("queue not set up", { sku = s.skuId, kind = qkind, err = qdetail })
+      if qkind == "unavailable" then return answers.unavailable(rules, qdetail) end
+      return 500, { error = "INTERNAL", message = tostring(qdetail) }
+    end
+    if deps.queue_cache then deps.queue_cache:forget(s.skuId) end
     if ctx.db then
       local _, derr = ctx.db:query(
         "INSERT INTO skus (id, name, price, initial_stock, starts_at, ends_at, per_user_limit, reservation_ttl_sec) " ..
@@ -57,6 +70,7 @@ function M.routes(app, deps)
     ctx.log.info("sale created", { sku = s.skuId, stock = s.stock, canceled = a.canceled, request_id = req.id })
     local sale = a.sale
     sale.canceledReservations = a.canceled
+    sale.queue = s.queue and queue_admin.stats(ctx.redis, s.skuId) or nil
     return 201, sale
   end)
 
@@ -67,7 +81,11 @@ function M.routes(app, deps)
     local out = {}
     for _, sku in ipairs(skus) do
       local st = stock.status(ctx.redis, sku)
-      if st and st.code == "OK" then out[#out + 1] = M.sku_view(sku, st, core.now()) end
+      if st and st.code == "OK" then
+        local v = M.sku_view(sku, st, core.now())
+        if st.sale.queue == "1" then v.queue = queue_admin.stats(ctx.redis, sku) end
+        out[#out + 1] = v
+      end
     end
     return 200, { sales = out }
   end)

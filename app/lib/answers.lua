@@ -49,6 +49,9 @@ function M.purchase(a, rules, elapsed_ms)
     local secs = math.max(1, math.ceil((a.retryAfterMs or 1000) / 1000))
     status, body, headers = refusal(429, "RATE_LIMITED", msg.rate_limited or "too many requests",
       { retryAfterMs = a.retryAfterMs, retryAfter = secs }, { ["Retry-After"] = tostring(secs) })
+  elseif c == "QUEUE_TOKEN_REQUIRED" then
+    status, body = refusal(403, "QUEUE_TOKEN_REQUIRED", msg.queue_token_required or
+      "this sale has a waiting room: join it and buy with the queueToken it gives")
   elseif c == "NO_SALE" then
     status, body = refusal(404, "SKU_NOT_FOUND", msg.unknown_sku or "unknown SKU")
   elseif c == "IDEMPOTENCY_KEY_REUSED" then

@@ -11,6 +11,7 @@ local stock = require "lib.stock"
 local admin = require "lib.admin"
 local answers = require "lib.answers"
 local page = require "lib.live_page"
+local queue_admin = require "lib.queue_admin"
 
 local M = {}
 
@@ -67,6 +68,8 @@ function M.skus(r, now)
         v.createdAt = tonumber(st.sale.createdAt) or 0
         -- every ticket ever reserved; only grows, so the page derives a rate from it
         v.taken = v.reserved + v.sold + v.canceled + v.expired
+        -- a queued sale's waiting room: length, admitted, used, expired, rates
+        if st.sale.queue == "1" then v.queue = queue_admin.stats(r, sku) end
         out[#out + 1] = v
       else
         hidden = hidden + 1

@@ -68,7 +68,7 @@ return [==[<!doctype html>
     <thead><tr>
       <th class="l">SKU</th><th class="l">Name</th><th class="l">Status</th>
       <th>Available</th><th>Reserved</th><th>Sold</th><th>Initial</th>
-      <th class="l">Stock</th><th>Tickets / s</th><th>Outbox</th>
+      <th class="l">Stock</th><th>Tickets / s</th><th>Outbox</th><th class="l">Queue</th>
     </tr></thead>
     <tbody id="rows"></tbody>
   </table>
@@ -160,6 +160,10 @@ return [==[<!doctype html>
       var o = oldSkus[s.skuId], r = o ? perSec(s.taken, o.taken, now - old.t) : null;
       cell(tr, rate(r), "rate", r == null ? null : r.toFixed(3));
       cell(tr, num(s.outbox), "outbox", s.outbox);
+      var q = s.queue;
+      cell(tr, q ? (num(q.length) + " waiting · " + num(q.admitted) + " in · " + num(q.used) + " used · " +
+        num(q.expired) + " lapsed · " + (q.measuredPerSec || 0).toFixed(1) + "/" + num(q.admitPerSec) + " per s") : "–",
+        "l queue", q ? q.length : null);
       rows.appendChild(tr);
     });
     $("empty").hidden = skus.length > 0;

@@ -45,6 +45,11 @@ function M.define_metrics()
     { "type", "outcome" })
   m.dead = metrics.counter("order_dead_letters_total", "Messages sent to the dead-letter topic.")
   m.expired = metrics.counter("reservations_expired_total", "Reservations expired by the cleanup job.")
+  -- the waiting rooms, set by the keeper (app/cleanup.lua) at each step
+  m.queue_length = metrics.gauge("queue_length", "Tickets waiting in a sale's queue, per SKU.", { "sku" })
+  m.queue_admitted = metrics.counter("queue_admitted_total", "Tickets admitted from a sale's queue, per SKU.", { "sku" })
+  m.queue_wait = metrics.gauge("queue_wait_seconds", "Wait from join to admission over the last 2000 admissions, per SKU.",
+    { "sku", "quantile" })
   return m
 end
 

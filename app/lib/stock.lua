@@ -119,7 +119,7 @@ function M.create_sale(redis, s, traceId)
   local function opt(v) return v == nil and "" or v end
   return decode(redis:fcall("sale", { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
     { s.name, s.price, s.stock, s.startsAt or 0, s.endsAt or 0, opt(s.perUserLimit),
-      opt(s.reservationTtlSec), "", "", traceId or "" }))
+      opt(s.reservationTtlSec), "", "", traceId or "", s.queue and "1" or "" }))
 end
 
 -- lease(redis, key, owner, ttl_ms | "release") -> 1 | 0 (the caller holds it

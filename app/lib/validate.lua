@@ -78,11 +78,51 @@ function M.sale(body)
   if body.startsAt and body.endsAt and body.endsAt ~= 0 and body.endsAt <= body.startsAt then
     return nil, { field = "endsAt", message = "endsAt must be after startsAt" }
   end
+  local queue
+  queue, err = M.queue(body.queue, body.startsAt or 0)
+  if err then return nil, err end
   return {
     skuId = sku, name = body.name, price = price, stock = body.stock,
     startsAt = body.startsAt or 0, endsAt = body.endsAt or 0,
     perUserLimit = body.perUserLimit, reservationTtlSec = body.reservationTtlSec,
+    queue = queue,
   }
+end
+
+M.MAX_ADMIT_PER_SEC = 100000
+
+-- A waiting room's pace: admissions per second, a number from 0 (paused) up.
+function M.admit_rate(v)
+  if type(v) ~= "number" or v ~= v or v < 0 or v > M.MAX_ADMIT_PER_SEC then
+    return nil, { field = "admitPerSec", message = "admitPerSec must be a number from 0 to " .. M.MAX_ADMIT_PER_SEC }
+  end
+  return v
+end
+
+-- The sale's `queue` setting: nil (or enabled = false) = no waiting room;
+-- otherwise { admitPerSec, tokenTtlSec, preQueueSec } with defaults.
+-- A pre-queue needs a start to open before.
+function M.queue(q, startsAt)
+  if q == nil then return nil end
+  if type(q) ~= "table" or q[1] ~= nil then
+    return nil, { field = "queue", message = "queue must be an object {enabled, admitPerSec, tokenTtlSec, preQueueSec}" }
+  end
+  if q.enabled ~= nil and type(q.enabled) ~= "boolean" then
+    return nil, { field = "queue.enabled", message = "queue.enabled must be true or false" }
+  end
+  if q.enabled == false then return nil end
+  local rate, err = M.admit_rate(q.admitPerSec == nil and 50 or q.admitPerSec)
+  if not rate then err.field = "queue.admitPerSec"; return nil, err end
+  local ok
+  for _, f in ipairs { { "tokenTtlSec", 1, 3600 }, { "preQueueSec", 0, 86400 } } do
+    ok, err = opt_int(q[f[1]], "queue." .. f[1], f[2], f[3])
+    if not ok then return nil, err end
+  end
+  local pre = q.preQueueSec or 0
+  if pre > 0 and startsAt <= 0 then
+    return nil, { field = "queue.preQueueSec", message = "a pre-queue needs the sale's startsAt" }
+  end
+  return { admitPerSec = rate, tokenTtlSec = q.tokenTtlSec or 120, preQueueSec = pre }
 end
 
 return M

@@ -10,7 +10,9 @@ local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$'
 local xrange = redis.command('XRANGE')
 local time = redis.command('TIME')
 
-local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease' } }
+local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease',
+  'queue_setup', 'queue_drop', 'queue_join', 'queue_state', 'queue_order', 'queue_ticket', 'queue_open',
+  'queue_advance', 'queue_used', 'queue_rate' } }
 M.root = root
 M.LIBRARY = 'redis-lua/flashhost.lua'
 
@@ -59,7 +61,7 @@ function M.setup(o)
     local k = M.keys(sku)
     return api.fcall('sale', { k.sale, k.stock, k.counts, k.pending, k.outbox },
       { o.name or ('sale ' .. sku), o.price or 50, o.initial or 10, o.startsAt, o.endsAt,
-        o.perUserLimit, o.ttlSec, o.rlCapacity, o.rlRate, o.traceId })
+        o.perUserLimit, o.ttlSec, o.rlCapacity, o.rlRate, o.traceId, o.queue and '1' or nil })
   end
 
   -- The KEYS and ARGV of purchase_batch for attempts { user, quantity, key, hash,
