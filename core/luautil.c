@@ -14,6 +14,18 @@ int fh_push_error(lua_State *L, const char *fmt, ...) {
   return 2;
 }
 
+int fh_push_fail(lua_State *L, const char *kind, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  lua_pushnil(L);
+  lua_pushstring(L, buf);
+  lua_pushstring(L, kind);
+  return 3;
+}
+
 void fh_new_class(lua_State *L, const char *name, const luaL_Reg *methods) {
   if (luaL_newmetatable(L, name)) {
     lua_newtable(L);
