@@ -40,7 +40,7 @@ app:on_start(function(ctx)
   ctx.redis = redis_client.connect { url = os.getenv("REDIS_URL"), timeout_ms = tonumber(os.getenv("REDIS_TIMEOUT_MS")) or 1000 }
   stock.setup(ctx.redis, services.scripts_dir(), ctx.log)
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
-  ctx.db = mysql.pool { size = 2 }
+  ctx.db = mysql.pool { size = 2, database = os.getenv("MYSQL_DATABASE") or "flash_sale" }
   ctx.dependencies = {
     redis = services.redis_check(ctx.redis),
     mysql = function()
