@@ -41,22 +41,26 @@ local function instance_id(group)
   return ("%s.%s.%s.n%d.w%d"):format(group, app.name, info.hostname or "host", info.node_id, info.worker_id)
 end
 
--- Applies decoded events in one transaction: true | nil, err
+-- Applies decoded events in one transaction: true | nil, err, kind
 local function apply(ctx, evs)
   local stmts = events.statements(evs)
   return ctx.db:transaction(function(tx)
     for _, st in ipairs(stmts) do
-      local res, err = tx:query(st[1], unpack(st[2]))
-      if not res then error(err, 0) end
+      local res, err, kind = tx:query(st[1], unpack(st[2]))
+      if not res then return nil, err, kind end
     end
     return true
   end)
 end
 
-local function connection_error(err)
-  err = tostring(err)
-  return err:find("connection", 1, true) or err:find("timeout", 1, true) or err:find("pool", 1, true)
-    or err:find("2002", 1, true) or err:find("2006", 1, true) or err:find("2013", 1, true)
+-- The database is not there (down, restarting, too slow, every connection
+-- busy): retry the batch later.  Any other kind is the server refusing the
+-- statement (ER_DUP_ENTRY, ER_DATA_TOO_LONG, ...): look for the poison.
+-- A lock wait that timed out is the server too busy, not a bad event.
+local UNAVAILABLE = { timeout = true, closed = true, refused = true, busy = true, not_connected = true,
+  ER_LOCK_WAIT_TIMEOUT = true }
+local function connection_error(kind)
+  return UNAVAILABLE[kind] == true
 end
 
 local function dlq_message(msg, reason)
@@ -98,9 +102,9 @@ end
 -- Applies one message alone (used to find the poison in a failing batch).
 local function apply_one(ctx, msg, ev)
   for attempt = 1, MAX_ATTEMPTS do
-    local ok, err = apply(ctx, { ev })
+    local ok, err, kind = apply(ctx, { ev })
     if ok then return true end
-    if connection_error(err) then return nil, err end
+    if connection_error(kind) then return nil, err end
     ctx.log.warn("event refused by the database", { attempt = attempt, err = err, event = ev.eventId })
     if attempt == MAX_ATTEMPTS then return dead_letter(ctx, msg, err) end
     timer.sleep(100 * attempt)
@@ -208,7 +212,7 @@ app:every(1000, "consumer-lag", function(ctx)
 end)
 
 app:on_start(function(ctx)
-  ctx.db = mysql.pool {}
+  ctx.db = mysql.pool { database = os.getenv("MYSQL_DATABASE") or "flash_sale" }
   ctx.producer = kafka.producer { brokers = brokers() }
   local group = os.getenv("ORDER_GROUP") or "order-workers"
   ctx.consumer = kafka.consumer {

@@ -54,7 +54,7 @@ app:on_start(function(ctx)
   }
   ctx.index_by_host = not with_index
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
-  ctx.db = mysql.pool { size = 2 }
+  ctx.db = mysql.pool { size = 2, database = os.getenv("MYSQL_DATABASE") or "flash_sale" }
   ctx.dependencies = {
     redis = services.redis_check(ctx.redis),
     mysql = function()

@@ -98,24 +98,46 @@ const char *fh_kafka_errstr(rd_kafka_t *rk, rd_kafka_resp_err_t err, char *buf, 
   return buf;
 }
 
+const char *fh_kafka_kind(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+      return FH_KIND_TIMEOUT;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+      return FH_KIND_BUSY;
+    case RD_KAFKA_RESP_ERR__DESTROY:
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+      return FH_KIND_CLOSED;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+      return FH_KIND_NOT_CONNECTED;
+    default:
+      /* librdkafka's own name: "UNKNOWN_TOPIC_OR_PART", "_FATAL", ... */
+      return rd_kafka_err2name(err);
+  }
+}
+
 /* ---- watching a queue from the loop ------------------------------------ */
 
-static void fh__on_poll(uv_poll_t *h, int status, int events) {
+static void fh_kafka__on_poll(uv_poll_t *h, int status, int events) {
   fh_kafka_client *kc = h->data;
   uint64_t n;
   /* The eventfd counter is reset by one read; loop until EAGAIN anyway, so
    * a wake-up is never left pending in the fd. */
   while (read(kc->efd, &n, sizeof n) == (ssize_t)sizeof n) {}
   if (status < 0) fh_log(FH_LOG_WARN, "kafka %s: poll: %s", rd_kafka_name(kc->rk), uv_strerror(status));
-  if (kc->state == FH_KAFKA_OPEN) kc->drain(kc);
+  if (kc->state == FH_KAFKA_OPEN) kc->poll_queue(kc);
 }
 
 /* The tick covers what no io event announces: max.poll.interval.ms counts
  * from the consumer's last poll, and an idle consumer woken only by events
  * would be thrown out of its group. */
-static void fh__on_tick(uv_timer_t *t) {
+static void fh_kafka__on_tick(uv_timer_t *t) {
   fh_kafka_client *kc = t->data;
-  if (kc->state == FH_KAFKA_OPEN) kc->drain(kc);
+  if (kc->state == FH_KAFKA_OPEN) kc->poll_queue(kc);
 }
 
 int fh_kafka_client_start(fh_kafka_client *kc, rd_kafka_queue_t *q, unsigned tick_ms) {
@@ -134,35 +156,35 @@ int fh_kafka_client_start(fh_kafka_client *kc, rd_kafka_queue_t *q, unsigned tic
   kc->q = q;
   kc->state = FH_KAFKA_OPEN;
   rd_kafka_queue_io_event_enable(q, kc->efd, &one, sizeof one);
-  uv_poll_start(&kc->poll, UV_READABLE, fh__on_poll);
-  if (tick_ms) uv_timer_start(&kc->tick, fh__on_tick, tick_ms, tick_ms);
+  uv_poll_start(&kc->poll, UV_READABLE, fh_kafka__on_poll);
+  if (tick_ms) uv_timer_start(&kc->tick, fh_kafka__on_tick, tick_ms, tick_ms);
   /* Edge triggered: what arrived before the io event was enabled would
    * otherwise wait for the next event. */
-  kc->drain(kc);
+  kc->poll_queue(kc);
   return 0;
 }
 
 /* ---- teardown ------------------------------------------------------------ */
 
-static void fh__unref(fh_kafka_client *kc) {
+static void fh_kafka__unref(fh_kafka_client *kc) {
   if (--kc->refs == 0) kc->release(kc);
 }
 
-static void fh__handle_closed(uv_handle_t *h) { fh__unref(h->data); }
+static void fh_kafka__handle_closed(uv_handle_t *h) { fh_kafka__unref(h->data); }
 
-static void fh__destroy_work(uv_work_t *w) {
+static void fh_kafka__destroy_work(uv_work_t *w) {
   fh_kafka_client *kc = w->data;
   if (kc->before_destroy) kc->before_destroy(kc);
   rd_kafka_destroy_flags(kc->rk, kc->destroy_flags);
   kc->rk = NULL;
 }
 
-static void fh__destroy_done(uv_work_t *w, int status) {
+static void fh_kafka__destroy_done(uv_work_t *w, int status) {
   fh_kafka_client *kc = w->data;
   /* librdkafka no longer writes to the fd: the handle is gone. */
   close(kc->efd);
   kc->efd = -1;
-  fh__unref(kc);
+  fh_kafka__unref(kc);
 }
 
 void fh_kafka_client_teardown(fh_kafka_client *kc) {
@@ -174,28 +196,28 @@ void fh_kafka_client_teardown(fh_kafka_client *kc) {
   kc->q = NULL;
   kc->refs = 3;
   uv_poll_stop(&kc->poll);
-  uv_close((uv_handle_t *)&kc->poll, fh__handle_closed);
+  uv_close((uv_handle_t *)&kc->poll, fh_kafka__handle_closed);
   uv_timer_stop(&kc->tick);
-  uv_close((uv_handle_t *)&kc->tick, fh__handle_closed);
+  uv_close((uv_handle_t *)&kc->tick, fh_kafka__handle_closed);
   kc->work.data = kc;
   /* From here on the loop thread does not touch kc->rk: the worker thread
-   * owns it until fh__destroy_done. */
-  if (uv_queue_work(fh_loop(), &kc->work, fh__destroy_work, fh__destroy_done) != 0) {
-    fh__destroy_work(&kc->work);
-    fh__destroy_done(&kc->work, 0);
+   * owns it until fh_kafka__destroy_done. */
+  if (uv_queue_work(fh_loop(), &kc->work, fh_kafka__destroy_work, fh_kafka__destroy_done) != 0) {
+    fh_kafka__destroy_work(&kc->work);
+    fh_kafka__destroy_done(&kc->work, 0);
   }
 }
 
 /* ---- module ---------------------------------------------------------------- */
 
-static int l_version(lua_State *L) {
+static int l_kafka_version(lua_State *L) {
   lua_pushstring(L, rd_kafka_version_str());
   return 1;
 }
 
 int luaopen_flashhost_kafka_driver(lua_State *L) {
   lua_newtable(L);
-  lua_pushcfunction(L, l_version);
+  lua_pushcfunction(L, l_kafka_version);
   lua_setfield(L, -2, "version");
   fh_kafka_producer_open(L);
   fh_kafka_consumer_open(L);

@@ -23,22 +23,24 @@ typedef struct {
   char *name;
   char *code;   /* rd_kafka_err2name, NULL on success */
   char *msg;
-} fh__topic_res;
+} fh_kafka_admin__topic_res;
 
 typedef struct {
   fh_kafka_client kc;       /* first: kafka.c hands us &op->kc */
   lua_State *co;
   int done;
   char err[512];            /* the request as a whole failed */
+  rd_kafka_resp_err_t err_code;
   int n;
-  fh__topic_res *res;
-} fh__create_op;
+  fh_kafka_admin__topic_res *res;
+} fh_kafka_admin__create_op;
 
-static char *fh__strdup(const char *s) { return s ? strdup(s) : NULL; }
+static char *fh_kafka_admin__strdup(const char *s) { return s ? strdup(s) : NULL; }
 
-static void fh__create_result(fh__create_op *op, rd_kafka_event_t *ev) {
+static void fh_kafka_admin__create_result(fh_kafka_admin__create_op *op, rd_kafka_event_t *ev) {
   if (rd_kafka_event_error(ev)) {
     snprintf(op->err, sizeof op->err, "%s", rd_kafka_event_error_string(ev));
+    op->err_code = rd_kafka_event_error(ev);
     return;
   }
   const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
@@ -52,23 +54,23 @@ static void fh__create_result(fh__create_op *op, rd_kafka_event_t *ev) {
   op->n = (int)cnt;
   for (size_t i = 0; i < cnt; i++) {
     rd_kafka_resp_err_t err = rd_kafka_topic_result_error(topics[i]);
-    op->res[i].name = fh__strdup(rd_kafka_topic_result_name(topics[i]));
+    op->res[i].name = fh_kafka_admin__strdup(rd_kafka_topic_result_name(topics[i]));
     if (err) {
       const char *msg = rd_kafka_topic_result_error_string(topics[i]);
-      op->res[i].code = fh__strdup(rd_kafka_err2name(err));
-      op->res[i].msg = fh__strdup(msg && *msg ? msg : rd_kafka_err2str(err));
+      op->res[i].code = fh_kafka_admin__strdup(rd_kafka_err2name(err));
+      op->res[i].msg = fh_kafka_admin__strdup(msg && *msg ? msg : rd_kafka_err2str(err));
     }
   }
 }
 
-static void fh__create_drain(fh_kafka_client *kc) {
-  fh__create_op *op = (fh__create_op *)kc;
+static void fh_kafka_admin__create_poll_queue(fh_kafka_client *kc) {
+  fh_kafka_admin__create_op *op = (fh_kafka_admin__create_op *)kc;
   if (kc->state != FH_KAFKA_OPEN) return;
   rd_kafka_event_t *ev;
   while ((ev = rd_kafka_queue_poll(kc->q, 0)) != NULL) {
     switch (rd_kafka_event_type(ev)) {
       case RD_KAFKA_EVENT_CREATETOPICS_RESULT:
-        fh__create_result(op, ev);
+        fh_kafka_admin__create_result(op, ev);
         op->done = 1;
         break;
       case RD_KAFKA_EVENT_LOG: {
@@ -88,13 +90,11 @@ static void fh__create_drain(fh_kafka_client *kc) {
   if (op->done) fh_kafka_client_teardown(kc);
 }
 
-static void fh__create_release(fh_kafka_client *kc) {
-  fh__create_op *op = (fh__create_op *)kc;
+static void fh_kafka_admin__create_release(fh_kafka_client *kc) {
+  fh_kafka_admin__create_op *op = (fh_kafka_admin__create_op *)kc;
   lua_State *co = op->co;
   if (co && op->err[0]) {
-    lua_pushnil(co);
-    lua_pushstring(co, op->err);
-    fh_wait_resume(co, 2);
+    fh_wait_resume(co, fh_push_fail(co, op->err_code ? fh_kafka_kind(op->err_code) : FH_KIND_CLOSED, "%s", op->err));
     co = NULL;
   } else if (co) {
     lua_createtable(co, op->n, 0);
@@ -122,7 +122,7 @@ static void fh__create_release(fh_kafka_client *kc) {
 }
 
 /* Checks the topic list; returns how many there are.  Raises on misuse. */
-static int fh__check_topics(lua_State *L, int idx) {
+static int fh_kafka_admin__check_topics(lua_State *L, int idx) {
   luaL_checktype(L, idx, LUA_TTABLE);
   int n = (int)lua_objlen(L, idx);
   luaL_argcheck(L, n > 0, idx, "at least one topic");
@@ -152,7 +152,7 @@ static int fh__check_topics(lua_State *L, int idx) {
 
 /* Builds the NewTopic array for the (checked) list at idx; NULL and a
  * message in errbuf if librdkafka refuses one. */
-static rd_kafka_NewTopic_t **fh__new_topics(lua_State *L, int idx, int n, char *errbuf, size_t size) {
+static rd_kafka_NewTopic_t **fh_kafka_admin__new_topics(lua_State *L, int idx, int n, char *errbuf, size_t size) {
   rd_kafka_NewTopic_t **nts = calloc((size_t)n, sizeof *nts);
   if (!nts) { snprintf(errbuf, size, "out of memory"); return NULL; }
   for (int i = 0; i < n; i++) {
@@ -195,20 +195,20 @@ static rd_kafka_NewTopic_t **fh__new_topics(lua_State *L, int idx, int n, char *
 /* create_topics(conf, { {name=, partitions=, replication=, config=}, ... },
  * timeout_ms) -> { {name=, code=?, err=?}, ... } | nil, err
  * Yields until the brokers answered (or timeout_ms passed: then nil, err). */
-static int l_create_topics(lua_State *L) {
+static int l_kafka_admin_create_topics(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  int n = fh__check_topics(L, 2);
+  int n = fh_kafka_admin__check_topics(L, 2);
   int ms = fh_kafka_check_ms(L, 3, 15000);
   luaL_argcheck(L, ms > 0, 3, "timeout must be > 0");
   lua_State *co = fh_wait_begin(L);
   rd_kafka_conf_t *conf = fh_kafka_conf(L, 1, NULL); /* may raise: nothing allocated yet */
   char errbuf[512];
-  rd_kafka_NewTopic_t **nts = fh__new_topics(L, 2, n, errbuf, sizeof errbuf);
+  rd_kafka_NewTopic_t **nts = fh_kafka_admin__new_topics(L, 2, n, errbuf, sizeof errbuf);
   if (!nts) {
     rd_kafka_conf_destroy(conf);
-    return fh_push_error(L, "%s", errbuf);
+    return fh_push_fail(L, FH_KIND_REFUSED, "%s", errbuf);
   }
-  fh__create_op *op = calloc(1, sizeof *op);
+  fh_kafka_admin__create_op *op = calloc(1, sizeof *op);
   rd_kafka_t *rk = NULL;
   if (!op) snprintf(errbuf, sizeof errbuf, "out of memory");
   else rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, sizeof errbuf);
@@ -220,8 +220,8 @@ static int l_create_topics(lua_State *L) {
     return luaL_error(L, "kafka admin: %s", errbuf);
   }
   op->kc.rk = rk;
-  op->kc.drain = fh__create_drain;
-  op->kc.release = fh__create_release;
+  op->kc.poll_queue = fh_kafka_admin__create_poll_queue;
+  op->kc.release = fh_kafka_admin__create_release;
   rd_kafka_set_log_queue(rk, NULL);
   rd_kafka_queue_t *q = rd_kafka_queue_get_main(rk);
   int rc = fh_kafka_client_start(&op->kc, q, FH__TICK_MS);
@@ -231,7 +231,7 @@ static int l_create_topics(lua_State *L) {
     rd_kafka_NewTopic_destroy_array(nts, (size_t)n);
     free(nts);
     free(op);
-    return fh_push_error(L, "kafka admin: %s", uv_strerror(rc));
+    return fh_push_fail(L, FH_KIND_BUSY, "kafka admin: %s", uv_strerror(rc));
   }
   rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
   rd_kafka_AdminOptions_set_request_timeout(opts, ms, errbuf, sizeof errbuf);
@@ -253,14 +253,15 @@ typedef struct {
   int timeout_ms;
   lua_State *co;
   char err[512];
+  rd_kafka_resp_err_t err_code;
   int nbrokers, ntopics;
   char **names;
   int *partitions;
-} fh__meta_op;
+} fh_kafka_admin__meta_op;
 
 /* Threadpool: the whole blocking call, on a handle of its own. */
-static void fh__meta_work(uv_work_t *w) {
-  fh__meta_op *op = w->data;
+static void fh_kafka_admin__meta_work(uv_work_t *w) {
+  fh_kafka_admin__meta_op *op = w->data;
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, op->conf, op->err, sizeof op->err);
   if (!rk) {
     rd_kafka_conf_destroy(op->conf);
@@ -273,6 +274,7 @@ static void fh__meta_work(uv_work_t *w) {
   rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 1, NULL, &md, op->timeout_ms);
   if (err) {
     snprintf(op->err, sizeof op->err, "%s", rd_kafka_err2str(err));
+    op->err_code = err;
   } else {
     op->nbrokers = md->broker_cnt;
     op->names = calloc((size_t)md->topic_cnt + 1, sizeof *op->names);
@@ -293,14 +295,12 @@ static void fh__meta_work(uv_work_t *w) {
   rd_kafka_destroy(rk);
 }
 
-static void fh__meta_done(uv_work_t *w, int status) {
-  fh__meta_op *op = w->data;
+static void fh_kafka_admin__meta_done(uv_work_t *w, int status) {
+  fh_kafka_admin__meta_op *op = w->data;
   lua_State *co = op->co;
   int nres;
   if (op->err[0]) {
-    lua_pushnil(co);
-    lua_pushstring(co, op->err);
-    nres = 2;
+    nres = fh_push_fail(co, op->err_code ? fh_kafka_kind(op->err_code) : FH_KIND_REFUSED, "%s", op->err);
   } else {
     lua_createtable(co, 0, 2);
     lua_pushinteger(co, op->nbrokers);
@@ -323,29 +323,29 @@ static void fh__meta_done(uv_work_t *w, int status) {
 }
 
 /* metadata(conf, timeout_ms) -> { brokers = n, topics = { name = partitions } } | nil, err */
-static int l_metadata(lua_State *L) {
+static int l_kafka_admin_metadata(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   int ms = fh_kafka_check_ms(L, 2, 5000);
   luaL_argcheck(L, ms > 0, 2, "timeout must be > 0");
   lua_State *co = fh_wait_begin(L);
-  fh__meta_op *op = calloc(1, sizeof *op);
+  fh_kafka_admin__meta_op *op = calloc(1, sizeof *op);
   if (!op) return luaL_error(L, "out of memory");
   op->conf = fh_kafka_conf(L, 1, NULL);
   op->timeout_ms = ms;
   op->co = co;
   op->work.data = op;
-  int rc = uv_queue_work(fh_loop(), &op->work, fh__meta_work, fh__meta_done);
+  int rc = uv_queue_work(fh_loop(), &op->work, fh_kafka_admin__meta_work, fh_kafka_admin__meta_done);
   if (rc != 0) {
     rd_kafka_conf_destroy(op->conf);
     free(op);
-    return fh_push_error(L, "kafka metadata: %s", uv_strerror(rc));
+    return fh_push_fail(L, FH_KIND_BUSY, "kafka metadata: %s", uv_strerror(rc));
   }
   return lua_yield(L, 0);
 }
 
 void fh_kafka_admin_open(lua_State *L) {
-  lua_pushcfunction(L, l_create_topics);
+  lua_pushcfunction(L, l_kafka_admin_create_topics);
   lua_setfield(L, -2, "create_topics");
-  lua_pushcfunction(L, l_metadata);
+  lua_pushcfunction(L, l_kafka_admin_metadata);
   lua_setfield(L, -2, "metadata");
 }

@@ -3,9 +3,9 @@
  *
  * rd_kafka_poll_set_consumer sends everything (fetched messages, rebalances,
  * commit results, log lines, errors) to the consumer queue, which kafka.c
- * watches; `drain` serves it with rd_kafka_consumer_poll(rk, 0) until it is
+ * watches; `poll_queue` serves it with rd_kafka_consumer_poll(rk, 0) until it is
  * empty, and moves messages into a local buffer that c:poll hands out.  The
- * buffer is bounded (max_buffered): when it is full, drain stops taking
+ * buffer is bounded (max_buffered): when it is full, poll_queue stops taking
  * messages until the application polls again — librdkafka's own prefetch
  * limits then apply, and a consumer whose application stopped polling leaves
  * the group after max.poll.interval.ms, as it should.
@@ -14,7 +14,7 @@
  * enable.auto.offset.store are off.  c:commit stores the offsets (which also
  * tells us which partitions are still ours: storing fails for the others)
  * and commits them with rd_kafka_commit_queue, whose result comes back as an
- * event on a queue of its own (see fh__serve_commits); the caller yields
+ * event on a queue of its own (see fh_kafka_consumer__serve_commits); the caller yields
  * until then.
  *
  * Rebalances: on revoke, buffered messages of the revoked partitions are
@@ -35,39 +35,32 @@
 #define FH__CONSUMER "flashhost.kafka.consumer"
 #define FH__TICK_MS 1000
 
-typedef struct fh__consumer fh__consumer;
+typedef struct fh_kafka_consumer__t fh_kafka_consumer__t;
 
-typedef struct fh__pollw {
-  uv_timer_t timer;
-  fh__consumer *c;
-  lua_State *co;            /* NULL once answered */
-  int max;
-  struct fh__pollw *next;
-} fh__pollw;
-
-typedef struct fh__commit {
-  struct fh__commit *next;
+typedef struct fh_kafka_consumer__commit {
+  struct fh_kafka_consumer__commit *next;
   lua_State *co;            /* NULL once given up (close, __gc) */
   int done;
   rd_kafka_resp_err_t err;
-} fh__commit;
+} fh_kafka_consumer__commit;
 
-struct fh__consumer {
+struct fh_kafka_consumer__t {
   fh_kafka_client kc;       /* first: kafka.c hands us &c->kc */
-  fh__consumer **box;
+  fh_kafka_consumer__t **box;
   rd_kafka_message_t **buf; /* buf[head .. head+len) */
   size_t head, len, cap, max_buffered;
-  fh__pollw *wait_head, *wait_tail;
-  fh__commit *commits;      /* in flight, done, or given up */
+  fh_waitq poll_waits;      /* tasks inside poll(); each wait's arg is its max */
+  fh_kafka_consumer__commit *commits;      /* in flight, done, or given up */
   rd_kafka_queue_t *cq;     /* commit results only: served even when buf is full */
   lua_State *closer;
   int close_timeout_ms;
   char err[256];            /* an error seen since the last answer to poll */
+  rd_kafka_resp_err_t err_code;
 };
 
 /* ---- the message buffer ------------------------------------------------------ */
 
-static void fh__buf_push(fh__consumer *c, rd_kafka_message_t *m) {
+static void fh_kafka_consumer__buf_push(fh_kafka_consumer__t *c, rd_kafka_message_t *m) {
   if (c->head + c->len == c->cap) {
     if (c->head > 0) {
       memmove(c->buf, c->buf + c->head, c->len * sizeof *c->buf);
@@ -84,13 +77,13 @@ static void fh__buf_push(fh__consumer *c, rd_kafka_message_t *m) {
   c->buf[c->head + c->len++] = m;
 }
 
-static void fh__buf_clear(fh__consumer *c) {
+static void fh_kafka_consumer__buf_clear(fh_kafka_consumer__t *c) {
   for (size_t i = 0; i < c->len; i++) rd_kafka_message_destroy(c->buf[c->head + i]);
   c->head = c->len = 0;
 }
 
 /* Drops buffered messages of partitions that are no longer ours. */
-static void fh__buf_drop(fh__consumer *c, const rd_kafka_topic_partition_list_t *parts) {
+static void fh_kafka_consumer__buf_drop(fh_kafka_consumer__t *c, const rd_kafka_topic_partition_list_t *parts) {
   size_t kept = 0;
   for (size_t i = 0; i < c->len; i++) {
     rd_kafka_message_t *m = c->buf[c->head + i];
@@ -107,7 +100,7 @@ static void fh__buf_drop(fh__consumer *c, const rd_kafka_topic_partition_list_t 
   c->len = kept;
 }
 
-static void fh__push_message(lua_State *L, rd_kafka_message_t *m) {
+static void fh_kafka_consumer__push_message(lua_State *L, rd_kafka_message_t *m) {
   lua_createtable(L, 0, 7);
   lua_pushstring(L, rd_kafka_topic_name(m->rkt));
   lua_setfield(L, -2, "topic");
@@ -146,14 +139,14 @@ static void fh__push_message(lua_State *L, rd_kafka_message_t *m) {
 }
 
 /* Pushes an array of up to `max` buffered messages (and frees them). */
-static void fh__push_messages(lua_State *L, fh__consumer *c, int max) {
+static void fh_kafka_consumer__push_messages(lua_State *L, fh_kafka_consumer__t *c, int max) {
   size_t n = c->len < (size_t)max ? c->len : (size_t)max;
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
     rd_kafka_message_t *m = c->buf[c->head];
     c->head++;
     c->len--;
-    fh__push_message(L, m);
+    fh_kafka_consumer__push_message(L, m);
     lua_rawseti(L, -2, (int)i + 1);
     rd_kafka_message_destroy(m);
   }
@@ -163,23 +156,24 @@ static void fh__push_messages(lua_State *L, fh__consumer *c, int max) {
 
 /* ---- callbacks (loop thread, inside rd_kafka_consumer_poll) ----------------- */
 
-static void fh__note_error(fh__consumer *c, rd_kafka_resp_err_t err, const char *what) {
+static void fh_kafka_consumer__note_error(fh_kafka_consumer__t *c, rd_kafka_resp_err_t err, const char *what) {
   /* A dropped connection is retried by librdkafka and already came through
    * as a log line; the poll answer is kept for errors worth acting on. */
   if (err == RD_KAFKA_RESP_ERR__PARTITION_EOF || err == RD_KAFKA_RESP_ERR__TRANSPORT) return;
   fh_log(FH_LOG_WARN, "kafka %s: %s", rd_kafka_name(c->kc.rk), what);
   snprintf(c->err, sizeof c->err, "%.255s", what);
+  c->err_code = err;
 }
 
-static void fh__error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-  fh__consumer *c = opaque;
+static void fh_kafka_consumer__error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+  fh_kafka_consumer__t *c = opaque;
   char buf[512];
   if (err == RD_KAFKA_RESP_ERR__FATAL) reason = fh_kafka_errstr(rk, err, buf, sizeof buf);
-  fh__note_error(c, err, reason);
+  fh_kafka_consumer__note_error(c, err, reason);
 }
 
 /* Applies a rebalance the way the group's protocol wants it. */
-static void fh__rebalance_apply(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+static void fh_kafka_consumer__rebalance_apply(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                 rd_kafka_topic_partition_list_t *parts) {
   int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
   rd_kafka_error_t *e = NULL;
@@ -199,31 +193,31 @@ static void fh__rebalance_apply(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   }
 }
 
-static void fh__rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+static void fh_kafka_consumer__rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                              rd_kafka_topic_partition_list_t *parts, void *opaque) {
-  fh__consumer *c = opaque;
+  fh_kafka_consumer__t *c = opaque;
   fh_log(FH_LOG_INFO, "kafka %s: %s %d partitions", rd_kafka_name(rk),
          err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked", parts ? parts->cnt : 0);
   if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    if (parts) fh__buf_drop(c, parts);
+    if (parts) fh_kafka_consumer__buf_drop(c, parts);
     /* Offsets stored by a commit whose request failed are still ours to
      * commit: do it before the partitions go (async; the group still
      * accepts it until the rebalance completes).  Not if the assignment was
      * lost: then another member may own them already. */
     if (!rd_kafka_assignment_lost(rk)) rd_kafka_commit(rk, NULL, 1);
   }
-  fh__rebalance_apply(rk, err, parts);
+  fh_kafka_consumer__rebalance_apply(rk, err, parts);
 }
 
 /* Commit results arrive as events on c->cq, a queue of their own: served on
  * every wake-up even while the message buffer is full.  (On the consumer
  * queue they would wait behind messages nobody takes until the commit
  * returns: a deadlock whenever a backlog fills the buffer.) */
-static void fh__serve_commits(fh__consumer *c) {
+static void fh_kafka_consumer__serve_commits(fh_kafka_consumer__t *c) {
   rd_kafka_event_t *ev;
   while (c->cq && (ev = rd_kafka_queue_poll(c->cq, 0))) {
     if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT) {
-      fh__commit *r = rd_kafka_event_opaque(ev);
+      fh_kafka_consumer__commit *r = rd_kafka_event_opaque(ev);
       rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
       const rd_kafka_topic_partition_list_t *offsets = rd_kafka_event_topic_partition_list(ev);
       for (int i = 0; !err && offsets && i < offsets->cnt; i++) err = offsets->elems[i].err;
@@ -236,7 +230,7 @@ static void fh__serve_commits(fh__consumer *c) {
   }
 }
 
-static void fh__commit_queue_close(fh__consumer *c) {
+static void fh_kafka_consumer__commit_queue_close(fh_kafka_consumer__t *c) {
   if (!c->cq) return;
   rd_kafka_queue_io_event_enable(c->cq, -1, NULL, 0);
   rd_kafka_queue_destroy(c->cq);
@@ -245,64 +239,48 @@ static void fh__commit_queue_close(fh__consumer *c) {
 
 /* ---- serving the queue -------------------------------------------------------- */
 
-static void fh__pollw_free_cb(uv_handle_t *h) { free(h->data); }
-
-static void fh__pollw_unlink(fh__consumer *c, fh__pollw *w) {
-  fh__pollw **pp = &c->wait_head;
-  fh__pollw *prev = NULL;
-  while (*pp && *pp != w) { prev = *pp; pp = &(*pp)->next; }
-  if (!*pp) return;
-  *pp = w->next;
-  if (c->wait_tail == w) c->wait_tail = prev;
-  w->next = NULL;
-}
-
-/* Detaches a waiter and returns its coroutine (NULL if already answered). */
-static lua_State *fh__pollw_end(fh__consumer *c, fh__pollw *w) {
-  lua_State *co = w->co;
-  w->co = NULL;
-  fh__pollw_unlink(c, w);
-  uv_timer_stop(&w->timer);
-  uv_close((uv_handle_t *)&w->timer, fh__pollw_free_cb);
-  return co;
+/* Pushes the error noted since the last answer (nil, text, kind) and forgets it. */
+static int fh_kafka_consumer__push_noted(lua_State *L, fh_kafka_consumer__t *c) {
+  int n = fh_push_fail(L, fh_kafka_kind(c->err_code), "%s", c->err);
+  c->err[0] = 0;
+  c->err_code = RD_KAFKA_RESP_ERR_NO_ERROR;
+  return n;
 }
 
 /* Resumes finished commits and waiting polls.  Runs outside of librdkafka;
  * resumed code may poll, commit or close: c stays allocated until release,
  * and every step re-reads the lists. */
-static void fh__serve(fh__consumer *c) {
+static void fh_kafka_consumer__serve(fh_kafka_consumer__t *c) {
   for (;;) {
-    fh__commit **pp = &c->commits;
+    fh_kafka_consumer__commit **pp = &c->commits;
     while (*pp && !(*pp)->done) pp = &(*pp)->next;
     if (!*pp) break;
-    fh__commit *r = *pp;
+    fh_kafka_consumer__commit *r = *pp;
     *pp = r->next;
     lua_State *co = r->co;
     rd_kafka_resp_err_t err = r->err;
     free(r);
     if (!co) continue;
     if (err) {
-      lua_pushnil(co);
-      lua_pushstring(co, rd_kafka_err2str(err));
-      fh_wait_resume(co, 2);
+      fh_wait_resume(co, fh_push_fail(co, fh_kafka_kind(err), "%s", rd_kafka_err2str(err)));
     } else {
       lua_pushboolean(co, 1);
       fh_wait_resume(co, 1);
     }
   }
-  while (c->wait_head && c->len > 0 && c->kc.state == FH_KAFKA_OPEN) {
-    fh__pollw *w = c->wait_head;
-    int max = w->max;
-    lua_State *co = fh__pollw_end(c, w);
-    fh__push_messages(co, c, max);
+  fh_wait *w;
+  while ((w = fh_waitq_head(&c->poll_waits)) && c->len > 0 && c->kc.state == FH_KAFKA_OPEN) {
+    int max = fh_wait_arg(w);
+    lua_State *co = fh_wait_take(w);
+    fh_kafka_consumer__push_messages(co, c, max);
     fh_wait_resume(co, 1);
   }
 }
 
-static void fh__drain(fh_kafka_client *kc) {
-  fh__consumer *c = (fh__consumer *)kc;
+static void fh_kafka_consumer__poll_queue(fh_kafka_client *kc) {
+  fh_kafka_consumer__t *c = (fh_kafka_consumer__t *)kc;
   if (kc->state != FH_KAFKA_OPEN) return;
-  fh__serve_commits(c);
+  fh_kafka_consumer__serve_commits(c);
   while (c->len < c->max_buffered) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(kc->rk, 0);
     if (!m) break;
@@ -313,60 +291,48 @@ static void fh__drain(fh_kafka_client *kc) {
                  rd_kafka_topic_name(m->rkt), (int)m->partition);
       else
         snprintf(what, sizeof what, "%s", rd_kafka_message_errstr(m));
-      fh__note_error(c, m->err, what);
+      fh_kafka_consumer__note_error(c, m->err, what);
       rd_kafka_message_destroy(m);
       continue;
     }
-    fh__buf_push(c, m);
+    fh_kafka_consumer__buf_push(c, m);
   }
-  fh__serve(c);
+  fh_kafka_consumer__serve(c);
 }
 
-static void fh__on_poll_timeout(uv_timer_t *t) {
-  fh__pollw *w = t->data;
-  fh__consumer *c = w->c;
-  fh__drain(&c->kc); /* a last look; it may answer this waiter */
-  if (!w->co) return;
-  lua_State *co = fh__pollw_end(c, w);
-  if (c->err[0]) {
-    lua_pushnil(co);
-    lua_pushstring(co, c->err);
-    c->err[0] = 0;
-    fh_wait_resume(co, 2);
-  } else {
-    lua_newtable(co);
-    fh_wait_resume(co, 1);
+/* A poll() ends early: its deadline (an empty answer, or the error noted
+ * meanwhile, after one last look at the queue), or the consumer closes. */
+static int fh_kafka_consumer__poll_cut(fh_wait *w, lua_State *co, int why) {
+  fh_kafka_consumer__t *c = fh_wait_data(w);
+  if (!co) return 0;
+  if (why != FH_WAIT_TIMEOUT) return fh_wait_push_reason(co, why);
+  fh_kafka_consumer__poll_queue(&c->kc);
+  if (c->len > 0 && c->kc.state == FH_KAFKA_OPEN) {
+    fh_kafka_consumer__push_messages(co, c, fh_wait_arg(w));
+    return 1;
   }
+  if (c->err[0]) return fh_kafka_consumer__push_noted(co, c);
+  lua_newtable(co);
+  return 1;
 }
 
 /* Answers every waiter with nil, "closed" (resume) or forgets them (the Lua
  * state is closing), and drops the buffer. */
-static void fh__give_up(fh__consumer *c, int resume) {
-  while (c->wait_head) {
-    lua_State *co = fh__pollw_end(c, c->wait_head);
-    if (resume && co) {
-      lua_pushnil(co);
-      lua_pushliteral(co, "closed");
-      fh_wait_resume(co, 2);
-    }
-  }
-  for (fh__commit *r = c->commits; r; r = r->next) {
+static void fh_kafka_consumer__give_up(fh_kafka_consumer__t *c, int resume) {
+  fh_waitq_cancel(&c->poll_waits, resume ? FH_WAIT_CLOSED : FH_WAIT_GONE);
+  for (fh_kafka_consumer__commit *r = c->commits; r; r = r->next) {
     /* The struct stays until release: librdkafka still holds it as opaque. */
     lua_State *co = r->co;
     r->co = NULL;
-    if (resume && co) {
-      lua_pushnil(co);
-      lua_pushliteral(co, "closed");
-      fh_wait_resume(co, 2);
-    }
+    if (resume && co) fh_wait_resume(co, fh_push_fail(co, FH_KIND_CLOSED, "closed"));
   }
-  fh__buf_clear(c);
+  fh_kafka_consumer__buf_clear(c);
 }
 
 /* Threadpool: leave the group, bounded.  Events are served here with the
  * event API, so none of our callbacks runs on this thread. */
-static void fh__close_thread(fh_kafka_client *kc) {
-  fh__consumer *c = (fh__consumer *)kc;
+static void fh_kafka_consumer__close_thread(fh_kafka_client *kc) {
+  fh_kafka_consumer__t *c = (fh_kafka_consumer__t *)kc;
   rd_kafka_t *rk = kc->rk;
   rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
   rd_kafka_error_t *e = rd_kafka_consumer_close_queue(rk, q);
@@ -385,7 +351,7 @@ static void fh__close_thread(fh_kafka_client *kc) {
       if (!ev) continue;
       switch (rd_kafka_event_type(ev)) {
         case RD_KAFKA_EVENT_REBALANCE:
-          fh__rebalance_apply(rk, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev));
+          fh_kafka_consumer__rebalance_apply(rk, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev));
           break;
         case RD_KAFKA_EVENT_LOG: {
           const char *fac, *str;
@@ -405,14 +371,14 @@ static void fh__close_thread(fh_kafka_client *kc) {
   rd_kafka_queue_destroy(q);
 }
 
-static void fh__release(fh_kafka_client *kc) {
-  fh__consumer *c = (fh__consumer *)kc;
+static void fh_kafka_consumer__release(fh_kafka_client *kc) {
+  fh_kafka_consumer__t *c = (fh_kafka_consumer__t *)kc;
   while (c->commits) {
-    fh__commit *r = c->commits;
+    fh_kafka_consumer__commit *r = c->commits;
     c->commits = r->next;
     free(r);
   }
-  fh__buf_clear(c);
+  fh_kafka_consumer__buf_clear(c);
   free(c->buf);
   if (c->box) *c->box = NULL;
   lua_State *co = c->closer;
@@ -425,8 +391,8 @@ static void fh__release(fh_kafka_client *kc) {
 
 /* ---- Lua ---------------------------------------------------------------------- */
 
-static fh__consumer *fh__check_open(lua_State *L, int idx) {
-  fh__consumer **box = luaL_checkudata(L, idx, FH__CONSUMER);
+static fh_kafka_consumer__t *fh_kafka_consumer__check_open(lua_State *L, int idx) {
+  fh_kafka_consumer__t **box = luaL_checkudata(L, idx, FH__CONSUMER);
   if (!*box || (*box)->kc.state != FH_KAFKA_OPEN) luaL_error(L, "kafka consumer is closed");
   return *box;
 }
@@ -434,7 +400,7 @@ static fh__consumer *fh__check_open(lua_State *L, int idx) {
 /* consumer(conf, topics, opts) -> c | nil, err.  conf: librdkafka
  * properties, group.id among them; topics: array of names; opts:
  * { max_buffered, close_timeout_ms }. */
-static int l_consumer(lua_State *L) {
+static int l_kafka_consumer_consumer(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   int ntopics = (int)lua_objlen(L, 2);
   luaL_argcheck(L, ntopics > 0, 2, "at least one topic");
@@ -447,11 +413,11 @@ static int l_consumer(lua_State *L) {
   lua_Integer close_ms = fh_kafka_opt_int(L, 3, "close_timeout_ms", 10000);
   luaL_argcheck(L, max_buffered >= 1, 3, "max_buffered must be >= 1");
   rd_kafka_conf_t *conf = fh_kafka_conf(L, 1, NULL);
-  fh__consumer **box = lua_newuserdata(L, sizeof *box);
+  fh_kafka_consumer__t **box = lua_newuserdata(L, sizeof *box);
   *box = NULL;
   luaL_getmetatable(L, FH__CONSUMER);
   lua_setmetatable(L, -2);
-  fh__consumer *c = calloc(1, sizeof *c);
+  fh_kafka_consumer__t *c = calloc(1, sizeof *c);
   if (!c) {
     rd_kafka_conf_destroy(conf);
     return luaL_error(L, "out of memory");
@@ -459,8 +425,8 @@ static int l_consumer(lua_State *L) {
   c->max_buffered = (size_t)max_buffered;
   c->close_timeout_ms = close_ms < 0 ? 0 : (int)close_ms;
   rd_kafka_conf_set_opaque(conf, c);
-  rd_kafka_conf_set_rebalance_cb(conf, fh__rebalance_cb);
-  rd_kafka_conf_set_error_cb(conf, fh__error_cb);
+  rd_kafka_conf_set_rebalance_cb(conf, fh_kafka_consumer__rebalance_cb);
+  rd_kafka_conf_set_error_cb(conf, fh_kafka_consumer__error_cb);
   char errstr[512];
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
   if (!rk) {
@@ -469,9 +435,9 @@ static int l_consumer(lua_State *L) {
     return luaL_error(L, "kafka consumer: %s", errstr);
   }
   c->kc.rk = rk;
-  c->kc.drain = fh__drain;
-  c->kc.release = fh__release;
-  c->kc.before_destroy = fh__close_thread;
+  c->kc.poll_queue = fh_kafka_consumer__poll_queue;
+  c->kc.release = fh_kafka_consumer__release;
+  c->kc.before_destroy = fh_kafka_consumer__close_thread;
   /* We close the consumer ourselves, bounded, before destroying it. */
   c->kc.destroy_flags = RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE;
   rd_kafka_poll_set_consumer(rk);
@@ -496,8 +462,8 @@ static int l_consumer(lua_State *L) {
     rd_kafka_queue_destroy(q);
     rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     free(c);
-    if (err) return fh_push_error(L, "kafka subscribe: %s", rd_kafka_err2str(err));
-    return fh_push_error(L, "kafka consumer: %s", uv_strerror(rc));
+    if (err) return fh_push_fail(L, fh_kafka_kind(err), "kafka subscribe: %s", rd_kafka_err2str(err));
+    return fh_push_fail(L, FH_KIND_BUSY, "kafka consumer: %s", uv_strerror(rc));
   }
   *box = c;
   c->box = box;
@@ -508,36 +474,24 @@ static int l_consumer(lua_State *L) {
  * Yields until at least one message is there or the timeout; an empty
  * array on a quiet timeout, nil, err if librdkafka reported an error
  * meanwhile and no message came. */
-static int l_poll(lua_State *L) {
-  fh__consumer *c = fh__check_open(L, 1);
+static int l_kafka_consumer_poll(lua_State *L) {
+  fh_kafka_consumer__t *c = fh_kafka_consumer__check_open(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 100);
   int ms = fh_kafka_check_ms(L, 3, 1000);
   luaL_argcheck(L, max >= 1 && max <= INT32_MAX, 2, "max must be >= 1");
-  fh__drain(&c->kc);
-  if (c->len > 0 && !c->wait_head) {
-    fh__push_messages(L, c, (int)max);
+  fh_kafka_consumer__poll_queue(&c->kc);
+  if (c->len > 0 && !fh_waitq_head(&c->poll_waits)) {
+    fh_kafka_consumer__push_messages(L, c, (int)max);
     return 1;
   }
   if (ms == 0) {
-    if (c->err[0]) {
-      fh_push_error(L, "%s", c->err);
-      c->err[0] = 0;
-      return 2;
-    }
+    if (c->err[0]) return fh_kafka_consumer__push_noted(L, c);
     lua_newtable(L);
     return 1;
   }
-  lua_State *co = fh_wait_begin(L);
-  fh__pollw *w = calloc(1, sizeof *w);
-  if (!w) return luaL_error(L, "out of memory");
-  w->c = c;
-  w->co = co;
-  w->max = (int)max;
-  w->timer.data = w;
-  uv_timer_init(fh_loop(), &w->timer);
-  uv_timer_start(&w->timer, fh__on_poll_timeout, (uint64_t)ms, 0);
-  if (c->wait_tail) c->wait_tail->next = w; else c->wait_head = w;
-  c->wait_tail = w;
+  /* through a generation stop: ms bounds it */
+  fh_wait *w = fh_wait_start(L, ms, 1, &c->poll_waits, fh_kafka_consumer__poll_cut, c);
+  fh_wait_set_arg(w, (int)max);
   return lua_yield(L, 0);
 }
 
@@ -545,8 +499,8 @@ static int l_poll(lua_State *L) {
  * Yields until the group coordinator answered.  Partitions this consumer
  * no longer owns are left out: their new owner reads them again from the
  * last committed offset (at-least-once). */
-static int l_commit(lua_State *L) {
-  fh__consumer *c = fh__check_open(L, 1);
+static int l_kafka_consumer_commit(lua_State *L) {
+  fh_kafka_consumer__t *c = fh_kafka_consumer__check_open(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   int n = (int)lua_objlen(L, 2);
   for (int i = 1; i <= n; i++) {
@@ -598,7 +552,7 @@ static int l_commit(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  fh__commit *r = calloc(1, sizeof *r);
+  fh_kafka_consumer__commit *r = calloc(1, sizeof *r);
   if (!r) {
     rd_kafka_topic_partition_list_destroy(mine);
     return luaL_error(L, "out of memory");
@@ -607,7 +561,7 @@ static int l_commit(lua_State *L) {
   rd_kafka_topic_partition_list_destroy(mine);
   if (err) {
     free(r);
-    return fh_push_error(L, "%s", rd_kafka_err2str(err));
+    return fh_push_fail(L, fh_kafka_kind(err), "%s", rd_kafka_err2str(err));
   }
   r->co = co;
   r->next = c->commits;
@@ -616,11 +570,11 @@ static int l_commit(lua_State *L) {
 }
 
 /* c:assignment() -> { {topic = , partition = }, ... } */
-static int l_assignment(lua_State *L) {
-  fh__consumer *c = fh__check_open(L, 1);
+static int l_kafka_consumer_assignment(lua_State *L) {
+  fh_kafka_consumer__t *c = fh_kafka_consumer__check_open(L, 1);
   rd_kafka_topic_partition_list_t *parts = NULL;
   rd_kafka_resp_err_t err = rd_kafka_assignment(c->kc.rk, &parts);
-  if (err) return fh_push_error(L, "%s", rd_kafka_err2str(err));
+  if (err) return fh_push_fail(L, fh_kafka_kind(err), "%s", rd_kafka_err2str(err));
   lua_createtable(L, parts->cnt, 0);
   for (int i = 0; i < parts->cnt; i++) {
     lua_createtable(L, 0, 2);
@@ -638,11 +592,11 @@ static int l_assignment(lua_State *L) {
  * watermark librdkafka last saw (updated by every fetch; no broker call) minus
  * the position handed to us, plus what waits in our own buffer.  Partitions
  * with no position yet count from their low watermark. */
-static int l_lag(lua_State *L) {
-  fh__consumer *c = fh__check_open(L, 1);
+static int l_kafka_consumer_lag(lua_State *L) {
+  fh_kafka_consumer__t *c = fh_kafka_consumer__check_open(L, 1);
   rd_kafka_topic_partition_list_t *parts = NULL;
   rd_kafka_resp_err_t err = rd_kafka_assignment(c->kc.rk, &parts);
-  if (err) return fh_push_error(L, "%s", rd_kafka_err2str(err));
+  if (err) return fh_push_fail(L, fh_kafka_kind(err), "%s", rd_kafka_err2str(err));
   rd_kafka_position(c->kc.rk, parts);
   lua_newtable(L);
   for (int i = 0; i < parts->cnt; i++) {
@@ -673,24 +627,24 @@ static int l_lag(lua_State *L) {
 
 /* c:close() -> true.  Waiting polls and commits answer nil, "closed";
  * yields until the consumer left its group and was destroyed. */
-static int l_close(lua_State *L) {
-  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
-  fh__consumer *c = *box;
+static int l_kafka_consumer_close(lua_State *L) {
+  fh_kafka_consumer__t **box = luaL_checkudata(L, 1, FH__CONSUMER);
+  fh_kafka_consumer__t *c = *box;
   if (!c || c->kc.state != FH_KAFKA_OPEN) {
     lua_pushboolean(L, 1);
     return 1;
   }
   lua_State *co = fh_wait_begin(L);
-  fh__give_up(c, 1);
+  fh_kafka_consumer__give_up(c, 1);
   c->closer = co;
-  fh__commit_queue_close(c);
+  fh_kafka_consumer__commit_queue_close(c);
   fh_kafka_client_teardown(&c->kc);
   return lua_yield(L, 0);
 }
 
-static int l_gc(lua_State *L) {
-  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
-  fh__consumer *c = *box;
+static int l_kafka_consumer_gc(lua_State *L) {
+  fh_kafka_consumer__t **box = luaL_checkudata(L, 1, FH__CONSUMER);
+  fh_kafka_consumer__t *c = *box;
   if (!c) return 0;
   *box = NULL;
   c->box = NULL;
@@ -698,14 +652,14 @@ static int l_gc(lua_State *L) {
     c->closer = NULL; /* a close() whose coroutine is gone with the state */
     return 0;
   }
-  fh__give_up(c, 0);
-  fh__commit_queue_close(c);
+  fh_kafka_consumer__give_up(c, 0);
+  fh_kafka_consumer__commit_queue_close(c);
   fh_kafka_client_teardown(&c->kc);
   return 0;
 }
 
-static int l_tostring(lua_State *L) {
-  fh__consumer **box = luaL_checkudata(L, 1, FH__CONSUMER);
+static int l_kafka_consumer_tostring(lua_State *L) {
+  fh_kafka_consumer__t **box = luaL_checkudata(L, 1, FH__CONSUMER);
   if (*box) lua_pushfstring(L, "kafka consumer (%s)", rd_kafka_name((*box)->kc.rk));
   else lua_pushliteral(L, "kafka consumer (closed)");
   return 1;
@@ -713,9 +667,9 @@ static int l_tostring(lua_State *L) {
 
 void fh_kafka_consumer_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"poll", l_poll}, {"commit", l_commit}, {"assignment", l_assignment}, {"lag", l_lag}, {"close", l_close},
-    {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
+    {"poll", l_kafka_consumer_poll}, {"commit", l_kafka_consumer_commit}, {"assignment", l_kafka_consumer_assignment}, {"lag", l_kafka_consumer_lag}, {"close", l_kafka_consumer_close},
+    {"__gc", l_kafka_consumer_gc}, {"__tostring", l_kafka_consumer_tostring}, {NULL, NULL}};
   fh_new_class(L, FH__CONSUMER, methods);
-  lua_pushcfunction(L, l_consumer);
+  lua_pushcfunction(L, l_kafka_consumer_consumer);
   lua_setfield(L, -2, "consumer");
 }

@@ -6,11 +6,11 @@
  * create_topics call) is an fh_kafka_client embedded as the first member of
  * its owner.  The client watches one queue: librdkafka
  * writes to an eventfd when the queue goes from empty to non-empty (edge
- * triggered), a uv_poll on that fd and a slow tick timer call `drain`, which
- * must serve the queue completely.  log.queue=true brings librdkafka's log
+ * triggered), a uv_poll on that fd and a slow tick timer call `poll_queue`,
+ * which must poll the queue empty.  log.queue=true brings librdkafka's log
  * lines onto that same queue, so every callback of ours (logs, delivery
  * reports, rebalances, commit results) runs on the loop thread, inside
- * `drain` — never on a librdkafka thread, and Lua is never called from there.
+ * `poll_queue` — never on a librdkafka thread, and Lua is never called from there.
  *
  * Teardown never blocks the loop: the queue reference is dropped and the io
  * event disabled on the loop thread, then `before_destroy` (consumer close,
@@ -36,8 +36,8 @@ struct fh_kafka_client {
   uv_poll_t poll;
   uv_timer_t tick;
   uv_work_t work;
-  /* Loop thread: serve the queue until it is empty. */
-  void (*drain)(fh_kafka_client *kc);
+  /* Loop thread: poll the queue empty. */
+  void (*poll_queue)(fh_kafka_client *kc);
   /* Threadpool thread, right before rd_kafka_destroy; may be NULL. */
   void (*before_destroy)(fh_kafka_client *kc);
   /* Loop thread: the handle is destroyed and nothing refers to kc any more. */
@@ -51,7 +51,7 @@ struct fh_kafka_client {
 rd_kafka_conf_t *fh_kafka_conf(lua_State *L, int idx, void *opaque);
 
 /* Starts watching `q` (ownership of the reference passes to kc): eventfd,
- * io event, uv_poll, a tick every `tick_ms`, and one drain right away, for
+ * io event, uv_poll, a tick every `tick_ms`, and one poll_queue right away, for
  * what was enqueued before the io event existed.  Returns 0 or a negative
  * errno; on failure nothing was started and q is still the caller's. */
 int fh_kafka_client_start(fh_kafka_client *kc, rd_kafka_queue_t *q, unsigned tick_ms);
@@ -62,6 +62,10 @@ void fh_kafka_client_teardown(fh_kafka_client *kc);
 
 /* The librdkafka log callback: one fh_log line per librdkafka log line. */
 void fh_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
+/* The kind of an error (fh.h): timeout, busy, closed, not_connected, or
+ * librdkafka's name for it (rd_kafka_err2name). */
+const char *fh_kafka_kind(rd_kafka_resp_err_t err);
 
 /* Text for an error: rd_kafka_err2str, or the fatal error's own reason. */
 const char *fh_kafka_errstr(rd_kafka_t *rk, rd_kafka_resp_err_t err, char *buf, size_t size);

@@ -3,15 +3,31 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-int fh_push_error(lua_State *L, const char *fmt, ...) {
+/* nil, the formatted message, and the kind when there is one. */
+static int fh_luautil__fail(lua_State *L, const char *kind, const char *fmt, va_list ap) {
   char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
   lua_pushnil(L);
   lua_pushstring(L, buf);
-  return 2;
+  if (!kind) return 2;
+  lua_pushstring(L, kind);
+  return 3;
+}
+
+int fh_push_fail(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = fh_luautil__fail(L, kind, fmt, ap);
+  va_end(ap);
+  return n;
+}
+
+int fh_push_error(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = fh_luautil__fail(L, NULL, fmt, ap);
+  va_end(ap);
+  return n;
 }
 
 void fh_new_class(lua_State *L, const char *name, const luaL_Reg *methods) {

@@ -17,7 +17,7 @@
 /* Index just past the literal that opens at sql[i] with `quote`.  Backslash
  * escapes apply in '...' and "..." (the server's default sql_mode); a doubled
  * quote needs no rule: it closes and reopens the literal. */
-static size_t fh__skip_quoted(const char *sql, size_t len, size_t i, char quote) {
+static size_t fh_mysql_params__skip_quoted(const char *sql, size_t len, size_t i, char quote) {
   for (i++; i < len; i++) {
     if (sql[i] == '\\' && quote != '`') { i++; continue; }
     if (sql[i] == quote) return i + 1;
@@ -25,27 +25,27 @@ static size_t fh__skip_quoted(const char *sql, size_t len, size_t i, char quote)
   return len;
 }
 
-static size_t fh__skip_line(const char *sql, size_t len, size_t i) {
+static size_t fh_mysql_params__skip_line(const char *sql, size_t len, size_t i) {
   while (i < len && sql[i] != '\n') i++;
   return i;
 }
 
-static int fh__is_space(char c) {
+static int fh_mysql_params__is_space(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
 /* Position of the next placeholder at or after `i`, or len. */
-static size_t fh__next(const char *sql, size_t len, size_t i) {
+static size_t fh_mysql_params__next(const char *sql, size_t len, size_t i) {
   while (i < len) {
     char c = sql[i];
     if (c == '?') return i;
     if (c == '\'' || c == '"' || c == '`') {
-      i = fh__skip_quoted(sql, len, i, c);
+      i = fh_mysql_params__skip_quoted(sql, len, i, c);
     } else if (c == '#') {
-      i = fh__skip_line(sql, len, i);
+      i = fh_mysql_params__skip_line(sql, len, i);
     } else if (c == '-' && i + 1 < len && sql[i + 1] == '-' &&
-               (i + 2 == len || fh__is_space(sql[i + 2]))) {
-      i = fh__skip_line(sql, len, i);
+               (i + 2 == len || fh_mysql_params__is_space(sql[i + 2]))) {
+      i = fh_mysql_params__skip_line(sql, len, i);
     } else if (c == '/' && i + 1 < len && sql[i + 1] == '*' &&
                !(i + 2 < len && sql[i + 2] == '!') &&
                !(i + 3 < len && sql[i + 2] == 'M' && sql[i + 3] == '!')) {
@@ -65,7 +65,7 @@ static size_t fh__next(const char *sql, size_t len, size_t i) {
 
 size_t fh_mysql_count_params(const char *sql, size_t len) {
   size_t n = 0;
-  for (size_t i = fh__next(sql, len, 0); i < len; i = fh__next(sql, len, i + 1)) n++;
+  for (size_t i = fh_mysql_params__next(sql, len, 0); i < len; i = fh_mysql_params__next(sql, len, i + 1)) n++;
   return n;
 }
 
@@ -84,9 +84,9 @@ size_t fh_mysql_format_number(double v, char *buf, size_t size) {
   return n > 0 && (size_t)n < size ? (size_t)n : 0;
 }
 
-typedef struct { char *p; size_t len, cap; } fh__buf;
+typedef struct { char *p; size_t len, cap; } fh_mysql_params__buf;
 
-static int fh__reserve(fh__buf *b, size_t more) {
+static int fh_mysql_params__reserve(fh_mysql_params__buf *b, size_t more) {
   if (b->len + more + 1 <= b->cap) return 0;
   size_t cap = b->cap ? b->cap : 256;
   while (cap < b->len + more + 1) {
@@ -100,8 +100,8 @@ static int fh__reserve(fh__buf *b, size_t more) {
   return 0;
 }
 
-static int fh__append(fh__buf *b, const char *s, size_t n) {
-  if (fh__reserve(b, n) != 0) return -1;
+static int fh_mysql_params__append(fh_mysql_params__buf *b, const char *s, size_t n) {
+  if (fh_mysql_params__reserve(b, n) != 0) return -1;
   memcpy(b->p + b->len, s, n);
   b->len += n;
   return 0;
@@ -116,21 +116,21 @@ char *fh_mysql_expand(const char *sql, size_t len, const fh_mysql_param *p, size
              want, want == 1 ? "" : "s", n, n == 1 ? " was" : "s were");
     return NULL;
   }
-  fh__buf b = {0};
+  fh_mysql_params__buf b = {0};
   size_t from = 0, k = 0;
-  if (fh__reserve(&b, len) != 0) goto oom;
-  for (size_t at = fh__next(sql, len, 0); at < len; at = fh__next(sql, len, at + 1), k++) {
-    if (fh__append(&b, sql + from, at - from) != 0) goto oom;
+  if (fh_mysql_params__reserve(&b, len) != 0) goto oom;
+  for (size_t at = fh_mysql_params__next(sql, len, 0); at < len; at = fh_mysql_params__next(sql, len, at + 1), k++) {
+    if (fh_mysql_params__append(&b, sql + from, at - from) != 0) goto oom;
     from = at + 1;
     const fh_mysql_param *v = &p[k];
     char num[64];
     size_t nl;
     switch (v->type) {
       case FH_MYSQL_P_NULL:
-        if (fh__append(&b, "NULL", 4) != 0) goto oom;
+        if (fh_mysql_params__append(&b, "NULL", 4) != 0) goto oom;
         break;
       case FH_MYSQL_P_BOOL:
-        if (fh__append(&b, v->b ? "1" : "0", 1) != 0) goto oom;
+        if (fh_mysql_params__append(&b, v->b ? "1" : "0", 1) != 0) goto oom;
         break;
       case FH_MYSQL_P_NUMBER:
         nl = fh_mysql_format_number(v->num, num, sizeof num);
@@ -139,10 +139,10 @@ char *fh_mysql_expand(const char *sql, size_t len, const fh_mysql_param *p, size
           free(b.p);
           return NULL;
         }
-        if (fh__append(&b, num, nl) != 0) goto oom;
+        if (fh_mysql_params__append(&b, num, nl) != 0) goto oom;
         break;
       case FH_MYSQL_P_STRING:
-        if (v->len > ((size_t)-1 - 4) / 2 || fh__reserve(&b, v->len * 2 + 3) != 0) goto oom;
+        if (v->len > ((size_t)-1 - 4) / 2 || fh_mysql_params__reserve(&b, v->len * 2 + 3) != 0) goto oom;
         b.p[b.len++] = '\'';
         nl = esc(ud, b.p + b.len, v->str, v->len);
         if (nl == (size_t)-1) {
@@ -155,7 +155,7 @@ char *fh_mysql_expand(const char *sql, size_t len, const fh_mysql_param *p, size
         break;
     }
   }
-  if (fh__append(&b, sql + from, len - from) != 0) goto oom;
+  if (fh_mysql_params__append(&b, sql + from, len - from) != 0) goto oom;
   b.p[b.len] = 0;
   *outlen = b.len;
   return b.p;

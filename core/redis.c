@@ -9,10 +9,11 @@
  * write (pipelining) and the replies come back in order.
  *
  * What a call answers (the three-way result of STYLE.md point 5):
- *   value            a reply; a nil reply is the sentinel `driver.null`
- *   false, "ERR .."  an error reply
- *   nil, reason      the transport failed: "not connected", "timeout",
- *                    "connection lost", "overloaded", "closed"
+ *   value                  a reply; a nil reply is `driver.null` (= cjson.null)
+ *   false, "ERR ..", kind  an error reply; kind is its first word (ERR, WRONGTYPE)
+ *   nil, reason, kind      the transport failed: "not connected" (not_connected),
+ *                          "timeout" (timeout), "connection lost" and "closed"
+ *                          (closed), "overloaded" (busy)
  *
  * hiredis 0.14 has no reconnect and no timeouts, so both are done here:
  *   - the client is `down` (waiting to retry), `connecting` (resolving,
@@ -67,33 +68,27 @@ enum { FH__DOWN, FH__CONNECTING, FH__UP };
 /* kinds of command: a task's; the handshake's; ASKING sent just before a task's command */
 enum { FH__USER, FH__HELLO, FH__LAST_HELLO, FH__ASKING };
 
-/* The nil-reply sentinel: a light userdata no other module can produce. */
-static const char fh__null_tag;
-#define FH__NULL ((void *)&fh__null_tag)
+/* The nil-reply sentinel: the NULL light userdata, which is also cjson.null
+ * and mysql.null, so one null runs through every binding and encodes as JSON
+ * null (lua-resty-redis does the same with ngx.null). */
+#define FH__NULL NULL
 
-typedef struct fh__rclient fh__rclient;
+typedef struct fh_redis__client fh_redis__client;
 
-typedef struct fh__rcmd {
-  fh__rclient *cl;
+typedef struct fh_redis__cmd {
+  fh_redis__client *cl;
   lua_State *co;                 /* the waiting coroutine; NULL once answered */
   uint64_t deadline;             /* loop time, ms */
   int kind;
-  struct fh__rcmd *prev, *next;  /* cl->head..tail while co != NULL */
-} fh__rcmd;
+  struct fh_redis__cmd *prev, *next;  /* cl->head..tail while co != NULL */
+} fh_redis__cmd;
 
-typedef struct fh__rwait {       /* a task inside wait_ready */
-  uv_timer_t timer;
-  lua_State *co;
-  fh__rclient *cl;
-  struct fh__rwait *prev, *next;
-} fh__rwait;
-
-typedef struct fh__rresolve {
+typedef struct fh_redis__resolve {
   uv_getaddrinfo_t req;
-  fh__rclient *cl;               /* NULL: the client gave up on this lookup */
-} fh__rresolve;
+  fh_redis__client *cl;               /* NULL: the client gave up on this lookup */
+} fh_redis__resolve;
 
-struct fh__rclient {
+struct fh_redis__client {
   char *host, *password, *username;
   int port, db;
   uint64_t timeout_ms, connect_timeout_ms;
@@ -101,14 +96,14 @@ struct fh__rclient {
 
   int state, closed, has_ud;
   redisAsyncContext *ac;         /* the current context, NULL when down */
-  fh__rresolve *resolving;
+  fh_redis__resolve *resolving;
   const char *abort_reason;      /* set when the connect callback must give up */
   uv_timer_t conn_timer, cmd_timer;
   int handles;                   /* of the two timers, not closed yet */
   int cmds;                      /* command structs hiredis still holds */
   int inflight;                  /* user commands among them */
-  fh__rcmd *head, *tail;         /* commands with a waiting coroutine */
-  fh__rwait *waiters;
+  fh_redis__cmd *head, *tail;         /* commands with a waiting coroutine */
+  fh_waitq ready_waits;          /* tasks inside wait_ready */
   uint64_t backoff;
   int timeouts_in_row, warned;
   double connects, losses, timeouts;
@@ -117,11 +112,11 @@ struct fh__rclient {
 
 /* ---- small helpers ------------------------------------------------------- */
 
-static void fh__set_err(fh__rclient *cl, const char *msg) {
+static void fh_redis__set_err(fh_redis__client *cl, const char *msg) {
   snprintf(cl->last_err, sizeof cl->last_err, "%s", msg && *msg ? msg : "unknown error");
 }
 
-static uint64_t fh__jitter(uint64_t ms) {
+static uint64_t fh_redis__jitter(uint64_t ms) {
   /* Equal jitter: workers that lost Redis together do not come back in step. */
   static uint64_t s;
   if (!s) s = (fh_mono_ns() ^ ((uint64_t)getpid() << 32)) | 1;
@@ -129,13 +124,13 @@ static uint64_t fh__jitter(uint64_t ms) {
   return ms / 2 + s % (ms / 2 + 1);
 }
 
-static void fh__unlink(fh__rclient *cl, fh__rcmd *c) {
+static void fh_redis__unlink(fh_redis__client *cl, fh_redis__cmd *c) {
   if (c->prev) c->prev->next = c->next; else cl->head = c->next;
   if (c->next) c->next->prev = c->prev; else cl->tail = c->prev;
   c->prev = c->next = NULL;
 }
 
-static void fh__maybe_free(fh__rclient *cl) {
+static void fh_redis__maybe_free(fh_redis__client *cl) {
   if (!cl->closed || cl->has_ud || cl->handles || cl->cmds || cl->ac || cl->resolving) return;
   free(cl->host);
   free(cl->password);
@@ -143,23 +138,22 @@ static void fh__maybe_free(fh__rclient *cl) {
   free(cl);
 }
 
-static void fh__handle_closed(uv_handle_t *h) {
-  fh__rclient *cl = h->data;
+static void fh_redis__handle_closed(uv_handle_t *h) {
+  fh_redis__client *cl = h->data;
   cl->handles--;
-  fh__maybe_free(cl);
+  fh_redis__maybe_free(cl);
 }
 
-static void fh__free_wait(uv_handle_t *h) { free(h->data); }
-
-static void fh__resume_err(lua_State *co, const char *reason) {
+static void fh_redis__resume_err(lua_State *co, const char *reason, const char *kind) {
   lua_pushnil(co);
   lua_pushstring(co, reason);
-  fh_wait_resume(co, 2);
+  lua_pushstring(co, kind);
+  fh_wait_resume(co, 3);
 }
 
 /* ---- replies ------------------------------------------------------------- */
 
-static void fh__push_value(lua_State *L, const redisReply *r) {
+static void fh_redis__push_value(lua_State *L, const redisReply *r) {
   switch (r->type) {
   case REDIS_REPLY_STRING:
   case REDIS_REPLY_STATUS:
@@ -179,7 +173,7 @@ static void fh__push_value(lua_State *L, const redisReply *r) {
      * lua_checkstack does not raise (we may not be in protected mode). */
     if (!lua_checkstack(L, 4)) break;
     for (size_t i = 0; i < r->elements; i++) {
-      fh__push_value(L, r->element[i]);
+      fh_redis__push_value(L, r->element[i]);
       lua_rawseti(L, -2, (int)i + 1);
     }
     break;
@@ -190,36 +184,40 @@ static void fh__push_value(lua_State *L, const redisReply *r) {
 }
 
 /* Pushes the Lua answer for a reply: the value (1 result) or, for an error
- * reply, false and its message (2 results).  Returns the count pushed. */
+ * reply, false, its message and its kind, the message's first word ("ERR",
+ * "WRONGTYPE", "NOSCRIPT", ...) (3 results).  Returns the count pushed. */
 int fh_redis_push_reply(lua_State *L, const redisReply *r) {
   if (r->type == REDIS_REPLY_ERROR) {
     lua_pushboolean(L, 0);
     lua_pushlstring(L, r->str, r->len);
-    return 2;
+    size_t w = 0;
+    while (w < r->len && r->str[w] != ' ') w++;
+    lua_pushlstring(L, r->str, w);
+    return 3;
   }
-  fh__push_value(L, r);
+  fh_redis__push_value(L, r);
   return 1;
 }
 
 /* ---- connection state ---------------------------------------------------- */
 
-static void fh__connect(fh__rclient *cl);
-static void fh__on_conn_timer(uv_timer_t *t);
-static void fh__on_cmd_timer(uv_timer_t *t);
+static void fh_redis__connect(fh_redis__client *cl);
+static void fh_redis__on_conn_timer(uv_timer_t *t);
+static void fh_redis__on_cmd_timer(uv_timer_t *t);
 
-static void fh__schedule_retry(fh__rclient *cl) {
+static void fh_redis__schedule_retry(fh_redis__client *cl) {
   if (cl->closed) return;
-  uint64_t delay = fh__jitter(cl->backoff);
+  uint64_t delay = fh_redis__jitter(cl->backoff);
   cl->backoff = cl->backoff * 2 > FH__BACKOFF_MAX ? FH__BACKOFF_MAX : cl->backoff * 2;
-  uv_timer_start(&cl->conn_timer, fh__on_conn_timer, delay, 0);
+  uv_timer_start(&cl->conn_timer, fh_redis__on_conn_timer, delay, 0);
 }
 
 /* The current connection or connection attempt is over (the context, if
  * any, is already detached): say so once, and retry later. */
-static void fh__down(fh__rclient *cl, const char *reason) {
+static void fh_redis__down(fh_redis__client *cl, const char *reason) {
   int was_up = cl->state == FH__UP;
   cl->state = FH__DOWN;
-  fh__set_err(cl, reason);
+  fh_redis__set_err(cl, reason);
   if (cl->closed) return;
   if (was_up) {
     cl->losses++;
@@ -231,24 +229,24 @@ static void fh__down(fh__rclient *cl, const char *reason) {
   } else {
     fh_log(FH_LOG_DEBUG, "redis %s:%d: connect failed: %s", cl->host, cl->port, cl->last_err);
   }
-  fh__schedule_retry(cl);
+  fh_redis__schedule_retry(cl);
 }
 
 /* Drops the current context on purpose (stuck, failed handshake, connect
  * timeout).  Never call it from the connect callback: hiredis 0.14 still
  * uses the context after that callback returns. */
-static void fh__drop(fh__rclient *cl, const char *reason) {
+static void fh_redis__drop(fh_redis__client *cl, const char *reason) {
   redisAsyncContext *ac = cl->ac;
   cl->ac = NULL;
   if (ac) ac->data = NULL;
-  fh__down(cl, reason);
+  fh_redis__down(cl, reason);
   /* Runs every pending reply callback with NULL, now or (inside a reply
    * callback) as soon as that callback returns: waiters get "connection
    * lost" and see the client down already. */
   if (ac) redisAsyncFree(ac);
 }
 
-static void fh__up(fh__rclient *cl) {
+static void fh_redis__up(fh_redis__client *cl) {
   cl->state = FH__UP;
   uv_timer_stop(&cl->conn_timer);
   cl->backoff = FH__BACKOFF_MIN;
@@ -257,28 +255,24 @@ static void fh__up(fh__rclient *cl) {
   fh_log(FH_LOG_INFO, "redis %s:%d: %s", cl->host, cl->port,
          cl->connects > 1 ? "connected again" : "connected");
   cl->warned = 0;
-  /* Take the whole list: a woken task may wait again (it returns at once). */
-  fh__rwait *w = cl->waiters;
-  cl->waiters = NULL;
-  while (w) {
-    fh__rwait *next = w->next;
-    lua_State *co = w->co;
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, fh__free_wait);
+  /* Take the whole queue: a woken task may wait again (it returns at once). */
+  fh_waitq now;
+  fh_waitq_move(&cl->ready_waits, &now);
+  lua_State *co;
+  while ((co = fh_wait_take(fh_waitq_head(&now)))) {
     lua_pushboolean(co, 1);
     fh_wait_resume(co, 1);
-    w = next;
   }
 }
 
-static void fh__on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void fh_redis__on_reply(redisAsyncContext *ac, void *r, void *priv);
 
-static int fh__send(fh__rclient *cl, int kind, lua_State *co, int argc, const char **argv, const size_t *lens) {
-  fh__rcmd *c = calloc(1, sizeof *c);
+static int fh_redis__send(fh_redis__client *cl, int kind, lua_State *co, int argc, const char **argv, const size_t *lens) {
+  fh_redis__cmd *c = calloc(1, sizeof *c);
   if (!c) return -1;
   c->cl = cl;
   c->kind = kind;
-  if (redisAsyncCommandArgv(cl->ac, fh__on_reply, c, argc, argv, lens) != REDIS_OK) {
+  if (redisAsyncCommandArgv(cl->ac, fh_redis__on_reply, c, argc, argv, lens) != REDIS_OK) {
     free(c);
     return -1;
   }
@@ -291,19 +285,19 @@ static int fh__send(fh__rclient *cl, int kind, lua_State *co, int argc, const ch
   if (cl->tail) cl->tail->next = c; else cl->head = c;
   cl->tail = c;
   if (!uv_is_active((uv_handle_t *)&cl->cmd_timer))
-    uv_timer_start(&cl->cmd_timer, fh__on_cmd_timer, cl->timeout_ms, 0);
+    uv_timer_start(&cl->cmd_timer, fh_redis__on_cmd_timer, cl->timeout_ms, 0);
   return 0;
 }
 
-static void fh__on_connect(const redisAsyncContext *cac, int status) {
+static void fh_redis__on_connect(const redisAsyncContext *cac, int status) {
   redisAsyncContext *ac = (redisAsyncContext *)cac;
-  fh__rclient *cl = ac->data;
+  fh_redis__client *cl = ac->data;
   if (!cl) return;
   if (status != REDIS_OK) {
     /* hiredis frees the context after this returns (no disconnect callback). */
     cl->ac = NULL;
     ac->data = NULL;
-    fh__down(cl, ac->errstr);
+    fh_redis__down(cl, ac->errstr);
     return;
   }
   /* The connection counts as up only when Redis answered PING: a Redis that
@@ -313,50 +307,50 @@ static void fh__on_connect(const redisAsyncContext *cac, int status) {
   if (cl->password) {
     const char *argv[3] = {"AUTH", cl->username ? cl->username : cl->password, cl->password};
     size_t lens[3] = {4, strlen(argv[1]), strlen(cl->password)};
-    ok |= cl->username ? fh__send(cl, FH__HELLO, NULL, 3, argv, lens)
-                       : fh__send(cl, FH__HELLO, NULL, 2, argv, lens);
+    ok |= cl->username ? fh_redis__send(cl, FH__HELLO, NULL, 3, argv, lens)
+                       : fh_redis__send(cl, FH__HELLO, NULL, 2, argv, lens);
   }
   if (cl->db) {
     char db[16];
     snprintf(db, sizeof db, "%d", cl->db);
     const char *argv[2] = {"SELECT", db};
     size_t lens[2] = {6, strlen(db)};
-    ok |= fh__send(cl, FH__HELLO, NULL, 2, argv, lens);
+    ok |= fh_redis__send(cl, FH__HELLO, NULL, 2, argv, lens);
   }
   const char *argv[1] = {"PING"};
   size_t lens[1] = {4};
-  ok |= fh__send(cl, FH__LAST_HELLO, NULL, 1, argv, lens);
+  ok |= fh_redis__send(cl, FH__LAST_HELLO, NULL, 1, argv, lens);
   if (ok != 0) {
     /* Freeing the context here would be a use-after-free in hiredis: let
      * the connect timer give up on this attempt from a clean stack. */
     cl->abort_reason = "cannot send the handshake";
-    uv_timer_start(&cl->conn_timer, fh__on_conn_timer, 0, 0);
+    uv_timer_start(&cl->conn_timer, fh_redis__on_conn_timer, 0, 0);
   }
 }
 
-static void fh__on_disconnect(const redisAsyncContext *cac, int status) {
+static void fh_redis__on_disconnect(const redisAsyncContext *cac, int status) {
   redisAsyncContext *ac = (redisAsyncContext *)cac;
-  fh__rclient *cl = ac->data;
+  fh_redis__client *cl = ac->data;
   if (!cl || cl->ac != ac) return;  /* dropped on purpose, already handled */
   cl->ac = NULL;
   ac->data = NULL;
-  fh__down(cl, ac->err ? ac->errstr : "connection closed");
+  fh_redis__down(cl, ac->err ? ac->errstr : "connection closed");
 }
 
-static void fh__on_hello(fh__rclient *cl, redisAsyncContext *ac, fh__rcmd *c, redisReply *reply) {
+static void fh_redis__on_hello(fh_redis__client *cl, redisAsyncContext *ac, fh_redis__cmd *c, redisReply *reply) {
   if (!reply || cl->ac != ac || cl->state != FH__CONNECTING) return;
   if (reply->type == REDIS_REPLY_ERROR) {
     char msg[160];
     snprintf(msg, sizeof msg, "%s", reply->str);
-    fh__drop(cl, msg); /* safe: we are inside a reply callback */
+    fh_redis__drop(cl, msg); /* safe: we are inside a reply callback */
   } else if (c->kind == FH__LAST_HELLO) {
-    fh__up(cl);
+    fh_redis__up(cl);
   }
 }
 
-static void fh__on_reply(redisAsyncContext *ac, void *r, void *priv) {
-  fh__rcmd *c = priv;
-  fh__rclient *cl = c->cl;
+static void fh_redis__on_reply(redisAsyncContext *ac, void *r, void *priv) {
+  fh_redis__cmd *c = priv;
+  fh_redis__client *cl = c->cl;
   redisReply *reply = r;
   cl->cmds--;
   if (ac == cl->ac) {
@@ -367,60 +361,60 @@ static void fh__on_reply(redisAsyncContext *ac, void *r, void *priv) {
        * connection broke: mark the client down before anyone is resumed. */
       cl->ac = NULL;
       ac->data = NULL;
-      fh__down(cl, ac->err ? ac->errstr : "connection lost");
+      fh_redis__down(cl, ac->err ? ac->errstr : "connection lost");
     }
   }
   if (c->kind != FH__USER) {
     /* ASKING's +OK says nothing; an error would surface on the command
      * that follows it (a redirection again), so it is dropped too. */
-    if (c->kind != FH__ASKING) fh__on_hello(cl, ac, c, reply);
+    if (c->kind != FH__ASKING) fh_redis__on_hello(cl, ac, c, reply);
     free(c);
-    fh__maybe_free(cl);
+    fh_redis__maybe_free(cl);
     return;
   }
   cl->inflight--;
   lua_State *co = c->co;
-  if (co) fh__unlink(cl, c);
+  if (co) fh_redis__unlink(cl, c);
   free(c);
   if (co) {
     if (reply) fh_wait_resume(co, fh_redis_push_reply(co, reply));
-    else fh__resume_err(co, "connection lost");
+    else fh_redis__resume_err(co, "connection lost", FH_KIND_CLOSED);
   }
   /* The client is still here: it is freed only after its timers closed,
    * which never happens inside this callback. */
-  fh__maybe_free(cl);
+  fh_redis__maybe_free(cl);
 }
 
-static void fh__on_cmd_timer(uv_timer_t *t) {
-  fh__rclient *cl = t->data;
+static void fh_redis__on_cmd_timer(uv_timer_t *t) {
+  fh_redis__client *cl = t->data;
   uint64_t now = uv_now(fh_loop());
-  fh__rcmd *c;
+  fh_redis__cmd *c;
   /* A resumed task may send (appends behind), close (empties the list) or
    * wait again; always re-read the head. */
   while ((c = cl->head) && c->deadline <= now) {
     lua_State *co = c->co;
-    fh__unlink(cl, c);
+    fh_redis__unlink(cl, c);
     c->co = NULL;  /* hiredis keeps c until the late reply is read */
     cl->timeouts++;
     cl->timeouts_in_row++;
-    fh__resume_err(co, "timeout");
+    fh_redis__resume_err(co, "timeout", FH_KIND_TIMEOUT);
   }
   if (!cl->closed && cl->state == FH__UP && cl->timeouts_in_row >= FH__STUCK_AFTER) {
     char msg[96];
     snprintf(msg, sizeof msg, "stuck: %d commands in a row timed out", cl->timeouts_in_row);
-    fh__drop(cl, msg);
+    fh_redis__drop(cl, msg);
   }
   if (!cl->closed && cl->head)
-    uv_timer_start(&cl->cmd_timer, fh__on_cmd_timer, cl->head->deadline - now, 0);
+    uv_timer_start(&cl->cmd_timer, fh_redis__on_cmd_timer, cl->head->deadline - now, 0);
 }
 
 /* ---- connecting ----------------------------------------------------------- */
 
-static void fh__connect_ip(fh__rclient *cl, const char *ip) {
+static void fh_redis__connect_ip(fh_redis__client *cl, const char *ip) {
   redisAsyncContext *ac = redisAsyncConnect(ip, cl->port);
-  if (!ac) { fh__down(cl, "out of memory"); return; }
+  if (!ac) { fh_redis__down(cl, "out of memory"); return; }
   if (ac->err) {
-    fh__down(cl, ac->errstr);
+    fh_redis__down(cl, ac->errstr);
     redisAsyncFree(ac);
     return;
   }
@@ -428,18 +422,18 @@ static void fh__connect_ip(fh__rclient *cl, const char *ip) {
    * hooks for a write event right away. */
   if (fh_redis_uv_attach(ac, fh_loop()) != REDIS_OK) {
     redisAsyncFree(ac);
-    fh__down(cl, "cannot watch the socket");
+    fh_redis__down(cl, "cannot watch the socket");
     return;
   }
   ac->data = cl;
   cl->ac = ac;
-  redisAsyncSetConnectCallback(ac, fh__on_connect);
-  redisAsyncSetDisconnectCallback(ac, fh__on_disconnect);
+  redisAsyncSetConnectCallback(ac, fh_redis__on_connect);
+  redisAsyncSetDisconnectCallback(ac, fh_redis__on_disconnect);
 }
 
-static void fh__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
-  fh__rresolve *rr = (fh__rresolve *)req;
-  fh__rclient *cl = rr->cl;
+static void fh_redis__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  fh_redis__resolve *rr = (fh_redis__resolve *)req;
+  fh_redis__client *cl = rr->cl;
   char ip[INET6_ADDRSTRLEN] = "";
   /* Prefer IPv4 like hiredis does; fall back to the first IPv6 address. */
   for (int fam = 0; fam < 2 && !ip[0] && status == 0; fam++) {
@@ -457,61 +451,61 @@ static void fh__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *
   if (!ip[0]) {
     char msg[160];
     snprintf(msg, sizeof msg, "cannot resolve %s: %s", cl->host, status ? uv_strerror(status) : "no address");
-    fh__down(cl, msg);
+    fh_redis__down(cl, msg);
     return;
   }
-  fh__connect_ip(cl, ip);
+  fh_redis__connect_ip(cl, ip);
 }
 
-static void fh__abandon_lookup(fh__rclient *cl) {
+static void fh_redis__abandon_lookup(fh_redis__client *cl) {
   if (!cl->resolving) return;
   cl->resolving->cl = NULL;
   uv_cancel((uv_req_t *)&cl->resolving->req);
   cl->resolving = NULL;
 }
 
-static void fh__connect(fh__rclient *cl) {
+static void fh_redis__connect(fh_redis__client *cl) {
   if (cl->closed) return;
   cl->state = FH__CONNECTING;
   cl->abort_reason = NULL;
   /* The loop's cached time may be old (a client made after the app blocked
    * for a while at start): refresh it, or the attempt times out at once. */
   uv_update_time(fh_loop());
-  uv_timer_start(&cl->conn_timer, fh__on_conn_timer, cl->connect_timeout_ms, 0);
+  uv_timer_start(&cl->conn_timer, fh_redis__on_conn_timer, cl->connect_timeout_ms, 0);
   unsigned char buf[sizeof(struct in6_addr)];
   if (inet_pton(AF_INET, cl->host, buf) == 1 || inet_pton(AF_INET6, cl->host, buf) == 1) {
-    fh__connect_ip(cl, cl->host);
+    fh_redis__connect_ip(cl, cl->host);
     return;
   }
   /* hiredis would resolve the name with a blocking getaddrinfo on the loop
    * thread; a slow DNS server must not freeze every request of the worker. */
-  fh__rresolve *rr = calloc(1, sizeof *rr);
-  if (!rr) { fh__down(cl, "out of memory"); return; }
+  fh_redis__resolve *rr = calloc(1, sizeof *rr);
+  if (!rr) { fh_redis__down(cl, "out of memory"); return; }
   rr->cl = cl;
   struct addrinfo hints;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  int rc = uv_getaddrinfo(fh_loop(), &rr->req, fh__on_resolved, cl->host, NULL, &hints);
+  int rc = uv_getaddrinfo(fh_loop(), &rr->req, fh_redis__on_resolved, cl->host, NULL, &hints);
   if (rc != 0) {
     free(rr);
     char msg[160];
     snprintf(msg, sizeof msg, "cannot resolve %s: %s", cl->host, uv_strerror(rc));
-    fh__down(cl, msg);
+    fh_redis__down(cl, msg);
     return;
   }
   cl->resolving = rr;
 }
 
-static void fh__on_conn_timer(uv_timer_t *t) {
-  fh__rclient *cl = t->data;
+static void fh_redis__on_conn_timer(uv_timer_t *t) {
+  fh_redis__client *cl = t->data;
   if (cl->closed) return;
   if (cl->state == FH__DOWN) {
-    fh__connect(cl);
+    fh_redis__connect(cl);
   } else if (cl->state == FH__CONNECTING) {
     const char *why = cl->abort_reason ? cl->abort_reason : "connect timeout";
-    fh__abandon_lookup(cl);
-    fh__drop(cl, why);
+    fh_redis__abandon_lookup(cl);
+    fh_redis__drop(cl, why);
   }
 }
 
@@ -519,29 +513,23 @@ static void fh__on_conn_timer(uv_timer_t *t) {
 
 /* Ends the client.  `notify`: resume the waiting tasks with nil, "closed"
  * (r:close()); __gc passes 0 because the Lua state may be going away. */
-static void fh__close(fh__rclient *cl, int notify) {
+static void fh_redis__close(fh_redis__client *cl, int notify) {
   if (cl->closed) return;
   cl->closed = 1;
   cl->state = FH__DOWN;
-  fh__set_err(cl, "closed");
-  fh__abandon_lookup(cl);
+  fh_redis__set_err(cl, "closed");
+  fh_redis__abandon_lookup(cl);
   uv_timer_stop(&cl->conn_timer);
   uv_timer_stop(&cl->cmd_timer);
-  uv_close((uv_handle_t *)&cl->conn_timer, fh__handle_closed);
-  uv_close((uv_handle_t *)&cl->cmd_timer, fh__handle_closed);
-  fh__rwait *w;
-  while ((w = cl->waiters)) {
-    cl->waiters = w->next;
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, fh__free_wait);
-    if (notify) fh__resume_err(w->co, "closed");
-  }
-  fh__rcmd *c;
+  uv_close((uv_handle_t *)&cl->conn_timer, fh_redis__handle_closed);
+  uv_close((uv_handle_t *)&cl->cmd_timer, fh_redis__handle_closed);
+  fh_waitq_cancel(&cl->ready_waits, notify ? FH_WAIT_CLOSED : FH_WAIT_GONE);
+  fh_redis__cmd *c;
   while ((c = cl->head)) {
     lua_State *co = c->co;
-    fh__unlink(cl, c);
+    fh_redis__unlink(cl, c);
     c->co = NULL;
-    if (notify) fh__resume_err(co, "closed");
+    if (notify) fh_redis__resume_err(co, "closed", FH_KIND_CLOSED);
   }
   if (cl->ac) {
     redisAsyncContext *ac = cl->ac;
@@ -554,24 +542,24 @@ static void fh__close(fh__rclient *cl, int notify) {
 
 /* ---- Lua API --------------------------------------------------------------- */
 
-static fh__rclient *fh__check(lua_State *L) {
-  fh__rclient **ud = luaL_checkudata(L, 1, FH__CLASS);
+static fh_redis__client *fh_redis__check(lua_State *L) {
+  fh_redis__client **ud = luaL_checkudata(L, 1, FH__CLASS);
   if (!*ud) luaL_error(L, "redis client is closed");
   return *ud;
 }
 
-static fh__rclient *fh__check_open(lua_State *L) {
-  fh__rclient *cl = fh__check(L);
+static fh_redis__client *fh_redis__check_open(lua_State *L) {
+  fh_redis__client *cl = fh_redis__check(L);
   if (cl->closed) luaL_error(L, "redis client is closed");
   return cl;
 }
 
-static char *fh__strdup_opt(const char *s) { return s ? strdup(s) : NULL; }
+static char *fh_redis__strdup_opt(const char *s) { return s ? strdup(s) : NULL; }
 
 /* new(host, port, db, timeout_ms, connect_timeout_ms, max_pending
  *     [, password [, username]]) -> client.  Starts connecting at once and
  * never yields, so it may run at app start, outside any task. */
-static int l_new(lua_State *L) {
+static int l_redis_new(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
   lua_Integer db = luaL_checkinteger(L, 3);
@@ -586,13 +574,13 @@ static int l_new(lua_State *L) {
   luaL_argcheck(L, ctimeout >= 1, 5, "connect_timeout_ms must be >= 1");
   luaL_argcheck(L, max_pending >= 1, 6, "max_pending must be >= 1");
 
-  fh__rclient **ud = lua_newuserdata(L, sizeof *ud);
+  fh_redis__client **ud = lua_newuserdata(L, sizeof *ud);
   *ud = NULL;
-  fh__rclient *cl = calloc(1, sizeof *cl);
+  fh_redis__client *cl = calloc(1, sizeof *cl);
   if (!cl) return luaL_error(L, "out of memory");
   cl->host = strdup(host);
-  cl->password = fh__strdup_opt(password);
-  cl->username = fh__strdup_opt(username);
+  cl->password = fh_redis__strdup_opt(password);
+  cl->username = fh_redis__strdup_opt(username);
   if (!cl->host || (password && !cl->password) || (username && !cl->username)) {
     free(cl->host); free(cl->password); free(cl->username); free(cl);
     return luaL_error(L, "out of memory");
@@ -611,14 +599,14 @@ static int l_new(lua_State *L) {
   *ud = cl;
   luaL_getmetatable(L, FH__CLASS);
   lua_setmetatable(L, -2);
-  fh__connect(cl);
+  fh_redis__connect(cl);
   return 1;
 }
 
 /* Commands that would break a connection shared by many coroutines: they
  * change its mode (pub/sub, monitor), its state for everyone (SELECT), or
  * let other coroutines' commands land inside a transaction. */
-static int fh__refused(const char *cmd, size_t len) {
+static int fh_redis__refused(const char *cmd, size_t len) {
   static const char *const names[] = {
     "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
     "monitor", "multi", "exec", "discard", "watch", "unwatch", "select", "quit", "reset",
@@ -634,8 +622,8 @@ static int fh__refused(const char *cmd, size_t len) {
  * redirection).  ASKING only holds for the next command of its connection,
  * and the connection is shared: both go into hiredis' output buffer here,
  * back to back, so no other task's command can land between them. */
-static int fh__call(lua_State *L, int asking) {
-  fh__rclient *cl = fh__check_open(L);
+static int fh_redis__call(lua_State *L, int asking) {
+  fh_redis__client *cl = fh_redis__check_open(L);
   int argc = lua_gettop(L) - 1;
   luaL_argcheck(L, argc >= 1, 2, "command expected");
   for (int i = 2; i <= argc + 1; i++) {
@@ -655,11 +643,11 @@ static int fh__call(lua_State *L, int asking) {
   }
   size_t cmdlen;
   const char *cmd = lua_tolstring(L, 2, &cmdlen);
-  if (fh__refused(cmd, cmdlen))
+  if (fh_redis__refused(cmd, cmdlen))
     return luaL_error(L, "redis: %s is not allowed on a shared connection (use a script, or the URL for the db)", cmd);
   lua_State *co = fh_wait_begin(L);
-  if (cl->state != FH__UP) return fh_push_error(L, "not connected");
-  if (cl->inflight >= cl->max_pending) return fh_push_error(L, "overloaded");
+  if (cl->state != FH__UP) return fh_push_fail(L, FH_KIND_NOT_CONNECTED, "not connected");
+  if (cl->inflight >= cl->max_pending) return fh_push_fail(L, FH_KIND_BUSY, "overloaded");
 
   const char *sargv[FH__ARGV_STACK];
   size_t slens[FH__ARGV_STACK];
@@ -675,55 +663,37 @@ static int fh__call(lua_State *L, int asking) {
   if (asking) {
     const char *aargv[1] = {"ASKING"};
     size_t alens[1] = {6};
-    if (fh__send(cl, FH__ASKING, NULL, 1, aargv, alens) != 0) return fh_push_error(L, "not connected");
+    if (fh_redis__send(cl, FH__ASKING, NULL, 1, aargv, alens) != 0) return fh_push_fail(L, FH_KIND_NOT_CONNECTED, "not connected");
   }
-  if (fh__send(cl, FH__USER, co, argc, argv, lens) != 0) {
+  if (fh_redis__send(cl, FH__USER, co, argc, argv, lens) != 0) {
     /* A lone ASKING would bless whatever command comes next on this
-     * connection: give the connection up (l_close resumes tasks from here
+     * connection: give the connection up (l_redis_close resumes tasks from here
      * too; fh_wait_resume defers while Lua runs). */
-    if (asking) fh__drop(cl, "cannot queue a command");
-    return fh_push_error(L, "not connected");
+    if (asking) fh_redis__drop(cl, "cannot queue a command");
+    return fh_push_fail(L, FH_KIND_NOT_CONNECTED, "not connected");
   }
   return lua_yield(L, 0);
 }
 
-static int l_call(lua_State *L) { return fh__call(L, 0); }
-static int l_call_asking(lua_State *L) { return fh__call(L, 1); }
+static int l_redis_call(lua_State *L) { return fh_redis__call(L, 0); }
+static int l_redis_call_asking(lua_State *L) { return fh_redis__call(L, 1); }
 
-static void fh__on_wait_timer(uv_timer_t *t) {
-  fh__rwait *w = t->data;
-  fh__rclient *cl = w->cl;
-  if (w->prev) w->prev->next = w->next; else cl->waiters = w->next;
-  if (w->next) w->next->prev = w->prev;
-  lua_State *co = w->co;
-  uv_close((uv_handle_t *)&w->timer, fh__free_wait);
-  fh__resume_err(co, "timeout");
-}
-
-/* wait_ready(ms) -> true | nil, "timeout".  Yields until the client is
- * connected or `ms` passed; returns at once when it is connected. */
-static int l_wait_ready(lua_State *L) {
-  fh__rclient *cl = fh__check_open(L);
+/* wait_ready(ms) -> true | nil, "timeout", "timeout".  Yields until the
+ * client is connected or `ms` passed; returns at once when it is connected.
+ * A generation stop does not cut it short: `ms` bounds it. */
+static int l_redis_wait_ready(lua_State *L) {
+  fh_redis__client *cl = fh_redis__check_open(L);
   lua_Number ms = luaL_checknumber(L, 2);
   luaL_argcheck(L, ms >= 0, 2, "must be >= 0");
-  lua_State *co = fh_wait_begin(L);
+  fh_wait_begin(L);
   if (cl->state == FH__UP) { lua_pushboolean(L, 1); return 1; }
-  fh__rwait *w = calloc(1, sizeof *w);
-  if (!w) return luaL_error(L, "out of memory");
-  w->co = co;
-  w->cl = cl;
-  w->timer.data = w;
-  uv_timer_init(fh_loop(), &w->timer);
-  w->next = cl->waiters;
-  if (cl->waiters) cl->waiters->prev = w;
-  cl->waiters = w;
-  uv_timer_start(&w->timer, fh__on_wait_timer, (uint64_t)ms, 0);
+  fh_wait_start(L, ms, 1, &cl->ready_waits, NULL, NULL);
   return lua_yield(L, 0);
 }
 
 /* status() -> "connected" | "connecting" | "disconnected", last error | nil */
-static int l_status(lua_State *L) {
-  fh__rclient *cl = fh__check(L);
+static int l_redis_status(lua_State *L) {
+  fh_redis__client *cl = fh_redis__check(L);
   static const char *const names[] = {"disconnected", "connecting", "connected"};
   lua_pushstring(L, names[cl->state]);
   if (cl->last_err[0]) lua_pushstring(L, cl->last_err); else lua_pushnil(L);
@@ -731,10 +701,10 @@ static int l_status(lua_State *L) {
 }
 
 /* stats() -> { inflight, waiting, connects, losses, timeouts } */
-static int l_stats(lua_State *L) {
-  fh__rclient *cl = fh__check(L);
+static int l_redis_stats(lua_State *L) {
+  fh_redis__client *cl = fh_redis__check(L);
   int waiting = 0;
-  for (fh__rcmd *c = cl->head; c; c = c->next) waiting++;
+  for (fh_redis__cmd *c = cl->head; c; c = c->next) waiting++;
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, cl->inflight); lua_setfield(L, -2, "inflight");
   lua_pushinteger(L, waiting); lua_setfield(L, -2, "waiting");
@@ -745,24 +715,24 @@ static int l_stats(lua_State *L) {
 }
 
 /* close(): pending calls answer nil, "closed"; later calls raise. */
-static int l_close(lua_State *L) {
-  fh__close(fh__check(L), 1);
+static int l_redis_close(lua_State *L) {
+  fh_redis__close(fh_redis__check(L), 1);
   return 0;
 }
 
-static int l_gc(lua_State *L) {
-  fh__rclient **ud = luaL_checkudata(L, 1, FH__CLASS);
-  fh__rclient *cl = *ud;
+static int l_redis_gc(lua_State *L) {
+  fh_redis__client **ud = luaL_checkudata(L, 1, FH__CLASS);
+  fh_redis__client *cl = *ud;
   if (!cl) return 0;
   *ud = NULL;
-  fh__close(cl, 0);
+  fh_redis__close(cl, 0);
   cl->has_ud = 0;
-  fh__maybe_free(cl);
+  fh_redis__maybe_free(cl);
   return 0;
 }
 
-static int l_tostring(lua_State *L) {
-  fh__rclient **ud = luaL_checkudata(L, 1, FH__CLASS);
+static int l_redis_tostring(lua_State *L) {
+  fh_redis__client **ud = luaL_checkudata(L, 1, FH__CLASS);
   if (*ud) lua_pushfstring(L, "redis client %s:%d (%p)", (*ud)->host, (*ud)->port, (void *)*ud);
   else lua_pushliteral(L, "redis client (collected)");
   return 1;
@@ -770,9 +740,9 @@ static int l_tostring(lua_State *L) {
 
 int luaopen_flashhost_redis_driver(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"call", l_call}, {"call_asking", l_call_asking}, {"wait_ready", l_wait_ready}, {"status", l_status}, {"stats", l_stats},
-    {"close", l_close}, {"__gc", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"new", l_new}, {NULL, NULL}};
+    {"call", l_redis_call}, {"call_asking", l_redis_call_asking}, {"wait_ready", l_redis_wait_ready}, {"status", l_redis_status}, {"stats", l_redis_stats},
+    {"close", l_redis_close}, {"__gc", l_redis_gc}, {"__tostring", l_redis_tostring}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"new", l_redis_new}, {NULL, NULL}};
   fh_new_class(L, FH__CLASS, methods);
   lua_newtable(L);
   luaL_register(L, NULL, fns);

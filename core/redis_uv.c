@@ -9,14 +9,14 @@
 #include "redis_uv.h"
 #include <stdlib.h>
 
-typedef struct fh__redis_uv {
+typedef struct fh_redis_uv__redis_uv {
   redisAsyncContext *ac; /* NULL once hiredis ran cleanup: the context is going away */
   uv_poll_t poll;
   int events;            /* UV_READABLE | UV_WRITABLE that hiredis asked for */
-} fh__redis_uv;
+} fh_redis_uv__redis_uv;
 
-static void fh__on_poll(uv_poll_t *h, int status, int events) {
-  fh__redis_uv *e = h->data;
+static void fh_redis_uv__on_poll(uv_poll_t *h, int status, int events) {
+  fh_redis_uv__redis_uv *e = h->data;
   /* libuv reports a socket error (refused connect, reset) as a negative
    * status with no events, and stops the handle.  hiredis only learns about
    * it by trying the I/O it was waiting for, so pretend those events fired;
@@ -28,31 +28,31 @@ static void fh__on_poll(uv_poll_t *h, int status, int events) {
   if (e->ac && (ev & UV_WRITABLE)) redisAsyncHandleWrite(e->ac);
 }
 
-static void fh__update(fh__redis_uv *e, int events) {
+static void fh_redis_uv__update(fh_redis_uv__redis_uv *e, int events) {
   if (events == e->events && uv_is_active((uv_handle_t *)&e->poll)) return;
   e->events = events;
-  if (events) uv_poll_start(&e->poll, events, fh__on_poll);
+  if (events) uv_poll_start(&e->poll, events, fh_redis_uv__on_poll);
   else uv_poll_stop(&e->poll);
 }
 
-static void fh__add_read(void *p) { fh__redis_uv *e = p; fh__update(e, e->events | UV_READABLE); }
-static void fh__del_read(void *p) { fh__redis_uv *e = p; fh__update(e, e->events & ~UV_READABLE); }
-static void fh__add_write(void *p) { fh__redis_uv *e = p; fh__update(e, e->events | UV_WRITABLE); }
-static void fh__del_write(void *p) { fh__redis_uv *e = p; fh__update(e, e->events & ~UV_WRITABLE); }
+static void fh_redis_uv__add_read(void *p) { fh_redis_uv__redis_uv *e = p; fh_redis_uv__update(e, e->events | UV_READABLE); }
+static void fh_redis_uv__del_read(void *p) { fh_redis_uv__redis_uv *e = p; fh_redis_uv__update(e, e->events & ~UV_READABLE); }
+static void fh_redis_uv__add_write(void *p) { fh_redis_uv__redis_uv *e = p; fh_redis_uv__update(e, e->events | UV_WRITABLE); }
+static void fh_redis_uv__del_write(void *p) { fh_redis_uv__redis_uv *e = p; fh_redis_uv__update(e, e->events & ~UV_WRITABLE); }
 
-static void fh__free_cb(uv_handle_t *h) { free(h->data); }
+static void fh_redis_uv__free_cb(uv_handle_t *h) { free(h->data); }
 
-static void fh__cleanup(void *p) {
-  fh__redis_uv *e = p;
+static void fh_redis_uv__cleanup(void *p) {
+  fh_redis_uv__redis_uv *e = p;
   e->ac = NULL;
   /* uv_close stops watching the fd now; hiredis closes the socket right
    * after this hook returns. */
-  uv_close((uv_handle_t *)&e->poll, fh__free_cb);
+  uv_close((uv_handle_t *)&e->poll, fh_redis_uv__free_cb);
 }
 
 int fh_redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop) {
   if (ac->ev.data != NULL) return REDIS_ERR;
-  fh__redis_uv *e = calloc(1, sizeof *e);
+  fh_redis_uv__redis_uv *e = calloc(1, sizeof *e);
   if (!e) return REDIS_ERR;
   if (uv_poll_init(loop, &e->poll, ac->c.fd) != 0) {
     free(e);
@@ -60,11 +60,11 @@ int fh_redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop) {
   }
   e->poll.data = e;
   e->ac = ac;
-  ac->ev.addRead = fh__add_read;
-  ac->ev.delRead = fh__del_read;
-  ac->ev.addWrite = fh__add_write;
-  ac->ev.delWrite = fh__del_write;
-  ac->ev.cleanup = fh__cleanup;
+  ac->ev.addRead = fh_redis_uv__add_read;
+  ac->ev.delRead = fh_redis_uv__del_read;
+  ac->ev.addWrite = fh_redis_uv__add_write;
+  ac->ev.delWrite = fh_redis_uv__del_write;
+  ac->ev.cleanup = fh_redis_uv__cleanup;
   ac->ev.data = e;
   return REDIS_OK;
 }

@@ -361,7 +361,7 @@ describe("flashhost.redis", function()
       timer.sleep(20)
       c:close()
       assert.is_truthy(wait_until(500, function() return got end))
-      assert.same({ nil, "closed" }, got)
+      assert.same({ nil, "closed", "closed" }, got)
       assert.equal("disconnected", c:status())
       assert.has_error(function() c:call("PING") end)
       c:close() -- twice is fine

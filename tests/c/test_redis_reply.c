@@ -60,9 +60,14 @@ int main(void) {
   EXPECT("integer", ":-42\r\n", "return ... == -42");
   EXPECT("large integer", ":9007199254740992\r\n", "return ... == 2^53");
   EXPECT("nil bulk is the sentinel", "$-1\r\n", "return ... == null and null ~= nil");
+  EXPECT("the sentinel is cjson.null", "$-1\r\n", "return ... == require('cjson').null");
   EXPECT("nil array is the sentinel", "*-1\r\n", "return ... == null");
-  EXPECT("error reply is false, message", "-ERR no such key\r\n",
-         "local a, b = ... return a == false and b == 'ERR no such key' and select('#', ...) == 2");
+  EXPECT("error reply is false, message, kind", "-ERR no such key\r\n",
+         "local a, b, c = ... return a == false and b == 'ERR no such key' and c == 'ERR' and select('#', ...) == 3");
+  EXPECT("an error reply's kind is its first word", "-WRONGTYPE Operation against a key\r\n",
+         "local a, b, c = ... return a == false and c == 'WRONGTYPE'");
+  EXPECT("a one-word error reply is its own kind", "-NOSCRIPT\r\n",
+         "local a, b, c = ... return a == false and b == 'NOSCRIPT' and c == 'NOSCRIPT'");
   EXPECT("empty array", "*0\r\n", "local t = ... return type(t) == 'table' and next(t) == nil");
   EXPECT("array keeps its length across nils", "*3\r\n$1\r\na\r\n$-1\r\n:7\r\n",
          "local t = ... return #t == 3 and t[1] == 'a' and t[2] == null and t[3] == 7");

@@ -105,47 +105,47 @@ local function check_msg(m, level)
   return m
 end
 
--- p:produce_batch(topic, msgs) -> ok_count, errors
+-- p:produce_batch(topic, msgs) -> ok_count, errors, kinds
 -- Queues every message, then yields once until all delivery reports are in.
--- errors[i] (sparse) says why msgs[i] was not delivered.
+-- errors[i] (sparse) says why msgs[i] was not delivered, kinds[i] its kind.
 function Producer:produce_batch(topic, msgs)
   if type(topic) ~= "string" then error("topic must be a string", 2) end
   if type(msgs) ~= "table" then error("messages must be a list", 2) end
   local n = #msgs
-  local errors = {}
-  if n == 0 then return 0, errors end
+  local errors, kinds = {}, {}
+  if n == 0 then return 0, errors, kinds end
   -- Misuse is found before anything is sent: a batch goes out whole or not at all.
   for i = 1, n do check_msg(msgs[i], 2) end
   local b = self._p:batch(n)
   local deadline
   for i = 1, n do
     local m = msgs[i]
-    local ok, err = b:send(i, topic, m.key, m.value, m.headers, m.partition)
-    -- A full queue drains as delivery reports come in: wait a little, but
+    local ok, err, kind = b:send(i, topic, m.key, m.value, m.headers, m.partition)
+    -- A full queue empties as delivery reports come in: wait a little, but
     -- only queue_full_wait_ms in all for one batch.
-    while not ok and err == "queue full" do
+    while not ok and kind == "busy" do
       deadline = deadline or core.mono() + self._queue_full_wait_ms
       if core.mono() >= deadline or not timer.sleep(QUEUE_FULL_RETRY_MS) then break end
-      ok, err = b:send(i, topic, m.key, m.value, m.headers, m.partition)
+      ok, err, kind = b:send(i, topic, m.key, m.value, m.headers, m.partition)
     end
-    if not ok then errors[i] = err end
+    if not ok then errors[i], kinds[i] = err, kind end
   end
-  local ok_count, report_errors = b:wait()
-  for i, e in pairs(report_errors) do errors[i] = e end
-  return ok_count, errors
+  local ok_count, report_errors, report_kinds = b:wait()
+  for i, e in pairs(report_errors) do errors[i], kinds[i] = e, report_kinds[i] end
+  return ok_count, errors, kinds
 end
 
 -- p:produce(topic, { key, value, headers = { name = value }, partition })
--- -> true | nil, err   (yields until the delivery report)
+-- -> true | nil, err, kind   (yields until the delivery report)
 function Producer:produce(topic, msg)
   check_msg(msg, 2)
   if type(topic) ~= "string" then error("topic must be a string", 2) end
-  local ok_count, errors = self:produce_batch(topic, { msg })
+  local ok_count, errors, kinds = self:produce_batch(topic, { msg })
   if ok_count == 1 then return true end
-  return nil, errors[1] or "not delivered"
+  return nil, errors[1] or "not delivered", kinds[1] or "closed"
 end
 
--- p:flush(timeout_ms = 10000) -> true | nil, "timeout"
+-- p:flush(timeout_ms = 10000) -> true | nil, "timeout", "timeout"
 function Producer:flush(timeout_ms)
   return self._p:flush(timeout_ms or 10000)
 end
@@ -266,8 +266,8 @@ function M.create_topics(brokers, topics, opts)
     }
   end
   local conf = { ["bootstrap.servers"] = brokers_of(brokers, 2), ["client.id"] = "flashhost-admin" }
-  local res, err = drv.create_topics(conf, list, opts.timeout_ms or 15000)
-  if not res then return nil, err end
+  local res, err, kind = drv.create_topics(conf, list, opts.timeout_ms or 15000)
+  if not res then return nil, err, kind end
   local status, failed = {}, {}
   for _, r in ipairs(res) do
     if not r.code then
@@ -276,9 +276,11 @@ function M.create_topics(brokers, topics, opts)
       status[r.name] = "exists"
     else
       failed[#failed + 1] = r.name .. ": " .. r.err
+      failed.kind = failed.kind or r.code
     end
   end
-  if #failed > 0 then return nil, table.concat(failed, "; ") end
+  -- the first failed topic's error name is the kind
+  if #failed > 0 then return nil, table.concat(failed, "; "), failed.kind end
   return true, status
 end
 

@@ -10,13 +10,20 @@
 --   end)
 --
 -- Every call that talks to the server yields the calling task.  Errors of the
--- world come back as nil, "reason"; misuse (bad arguments, a wrong number of
--- parameters) raises.
+-- world come back as nil, "reason", kind; misuse (bad arguments, a wrong
+-- number of parameters) raises.
 --
 -- Reasons look like "ER_DUP_ENTRY (1062): Duplicate entry 'x' for key 'PRIMARY'";
 -- when the connection itself failed (server down or restarted, timeout) they
 -- start with "connection lost: "; "pool timeout" when no connection became
--- free in time; "pool closed" after db:close().
+-- free in time; "pool closed" after db:close().  The kind is what to test:
+--   "timeout"   the statement or the connect ran out of time
+--   "refused"   no connection could be made (server down, wrong host or password)
+--   "closed"    the connection was lost, or the pool is closed
+--   "busy"      no connection became free within pool_timeout_ms
+--   "ER_..."    the server refused the statement: the error's name for the
+--               codes in NAMES below, "ER_<number>" for any other.
+-- The database has no default here: opts.database or MYSQL_DATABASE.
 --
 -- Connections are opened lazily, at most `size` of them.  One whose server
 -- went away is dropped and the next caller opens a new one, so a restarted
@@ -54,6 +61,22 @@ local function describe(msg, errno, sqlstate)
   return ("ERROR %d (%s): %s"):format(errno, sqlstate or "HY000", msg)
 end
 
+-- Client errors that mean "no connection could be made" or "it went away".
+local REFUSED = { [2002] = true, [2003] = true, [2005] = true, [2026] = true }
+local LOST = { [2006] = true, [2013] = true, [2055] = true }
+
+-- The kind of a driver failure (see the top of this file).  The driver
+-- answers a deadline with errno 0 and a message starting "timeout".
+local function kind_of(msg, errno)
+  if not errno or errno == 0 then
+    return type(msg) == "string" and msg:find("^timeout") and "timeout" or "closed"
+  end
+  if REFUSED[errno] then return "refused" end
+  if LOST[errno] then return "closed" end
+  return NAMES[errno] or ("ER_" .. errno)
+end
+M.kind_of = kind_of
+
 local function env(name, default)
   local v = os.getenv(name)
   if v == nil or v == "" then return default end
@@ -67,13 +90,17 @@ local function positive(opts, key, default)
   return v
 end
 
--- Runs one statement on c; nil, reason on failure.
+-- Runs one statement on c; nil, reason, kind on failure.
 local function execute(c, stmt, timeout_ms)
   local res, msg, errno, sqlstate = c:query(stmt, timeout_ms)
   if res then return res end
-  local reason = describe(msg, errno, sqlstate)
-  if not c:alive() then reason = "connection lost: " .. reason end
-  return nil, reason
+  local reason, kind = describe(msg, errno, sqlstate), kind_of(msg, errno)
+  if not c:alive() then
+    reason = "connection lost: " .. reason
+    -- a server error that came with the connection's end is about the connection
+    if kind ~= "timeout" and kind ~= "refused" then kind = "closed" end
+  end
+  return nil, reason, kind
 end
 
 -- Expands the placeholders on c; nil, message on misuse, for the caller to
@@ -100,9 +127,9 @@ local SLOT = false
 
 --[[
 mysql.pool(opts) -> pool.  Returns at once; connections are opened on demand.
-  host, port, user, password, database   default MYSQL_HOST (127.0.0.1), MYSQL_PORT (3306),
-                                         MYSQL_USER (flashuser), MYSQL_PASSWORD (flashpass),
-                                         MYSQL_DATABASE (flash_sale)
+  host, port, user, password   default MYSQL_HOST (127.0.0.1), MYSQL_PORT (3306),
+                               MYSQL_USER (flashuser), MYSQL_PASSWORD (flashpass)
+  database                     required: opts.database, else MYSQL_DATABASE (raises if neither)
   size = 4                  most connections open at once
   connect_timeout_ms = 2000 opening one connection (name lookup, TCP, handshake)
   query_timeout_ms = 5000   one statement, from sending to the last row
@@ -113,6 +140,10 @@ function M.pool(opts)
   if type(opts) ~= "table" then error("mysql.pool: options must be a table", 2) end
   local port = tonumber(opts.port or env("MYSQL_PORT", 3306))
   if not port then error("mysql.pool: bad port", 2) end
+  local database = opts.database or env("MYSQL_DATABASE", nil)
+  if type(database) ~= "string" or database == "" then
+    error("mysql.pool: database is required (opts.database or MYSQL_DATABASE)", 2)
+  end
   local connect_timeout = positive(opts, "connect_timeout_ms", 2000)
   local query_timeout = positive(opts, "query_timeout_ms", 5000)
   local idle = {}
@@ -122,7 +153,7 @@ function M.pool(opts)
       port = port,
       user = opts.user or env("MYSQL_USER", "flashuser"),
       password = opts.password or env("MYSQL_PASSWORD", "flashpass"),
-      database = opts.database or env("MYSQL_DATABASE", "flash_sale"),
+      database = database,
       timeout_ms = connect_timeout,
     },
     size = math.max(1, math.floor(positive(opts, "size", 4))),
@@ -165,19 +196,21 @@ function Pool:_open()
   local c, msg, errno, sqlstate = driver.connect(self.cfg)
   if not c then
     self:_free_slot()
+    -- whatever the server said (access denied, unknown database), there is no connection
+    local kind = kind_of(msg, errno) == "timeout" and "timeout" or "refused"
     return nil, ("connection lost: cannot connect to %s:%d: %s"):format(
-      self.cfg.host, self.cfg.port, describe(msg, errno, sqlstate))
+      self.cfg.host, self.cfg.port, describe(msg, errno, sqlstate)), kind
   end
   if self.closed then
     c:close()
     self.total = self.total - 1
-    return nil, "pool closed"
+    return nil, "pool closed", "closed"
   end
   return c
 end
 
 function Pool:_acquire()
-  if self.closed then return nil, "pool closed" end
+  if self.closed then return nil, "pool closed", "closed" end
   local idle = self.idle
   while #idle > 0 do
     local c = table.remove(idle)
@@ -199,10 +232,10 @@ function Pool:_acquire()
     for i = q.head, q.tail do
       if q[i] == w then q[i] = false break end
     end
-    return nil, "pool timeout"
+    return nil, "pool timeout", "busy"
   end
   if c == SLOT then return self:_open() end
-  if c == nil then return nil, "pool closed" end
+  if c == nil then return nil, "pool closed", "closed" end
   return c
 end
 
@@ -216,22 +249,22 @@ function Pool:_release(c)
   self.idle[#self.idle + 1] = c
 end
 
--- db:query(sql, ...) -> rows | { affected_rows = n, insert_id = n } | nil, reason
+-- db:query(sql, ...) -> rows | { affected_rows = n, insert_id = n } | nil, reason, kind
 -- Rows: an array of tables keyed by column name, values as strings (NULL as
 -- mysql.null), and `rows.columns`, the column names in order.
 function Pool:query(sql, ...)
   if type(sql) ~= "string" then error("query: sql must be a string", 2) end
   check_task()
-  local c, err = self:_acquire()
-  if not c then return nil, err end
+  local c, err, kind = self:_acquire()
+  if not c then return nil, err, kind end
   local stmt, ferr = format(c, sql, ...)
   if not stmt then
     self:_release(c)
     error(ferr, 2)
   end
-  local res, qerr = execute(c, stmt, self.query_timeout_ms)
+  local res, qerr, qkind = execute(c, stmt, self.query_timeout_ms)
   self:_release(c)
-  return res, qerr
+  return res, qerr, qkind
 end
 
 local Tx = {}
@@ -256,22 +289,23 @@ local function rollback(c, timeout_ms)
 end
 
 --[[
-db:transaction(fn) -> fn's values (true if it returned none) | nil, reason
+db:transaction(fn) -> fn's values (true if it returned none) | nil, reason, kind
 Runs fn(tx) between BEGIN and COMMIT on one connection; fn may yield in
-tx:query.  If fn raises, or returns nil (usually nil, reason), the
-transaction is rolled back and transaction returns nil, reason.  A failed
-COMMIT also answers nil, reason.
+tx:query.  If fn returns nil (usually nil, reason, kind: what tx:query
+answered), or raises, the transaction is rolled back and transaction returns
+nil, reason, kind (no kind when fn raised: that is a bug, not the world).
+A failed BEGIN or COMMIT also answers nil, reason, kind.
 ]]
 function Pool:transaction(fn)
   if type(fn) ~= "function" then error("transaction: fn must be a function", 2) end
   check_task()
-  local c, err = self:_acquire()
-  if not c then return nil, err end
+  local c, err, kind = self:_acquire()
+  if not c then return nil, err, kind end
   local timeout = self.query_timeout_ms
-  local _, berr = execute(c, "BEGIN", timeout)
+  local _, berr, bkind = execute(c, "BEGIN", timeout)
   if berr then
     self:_release(c)
-    return nil, berr
+    return nil, berr, bkind
   end
   local tx = setmetatable({ _c = c, _timeout = timeout }, Tx)
   local r = { n = 0 }
@@ -284,14 +318,15 @@ function Pool:transaction(fn)
   tx._c = nil
   if not ok or (r.n >= 1 and r[1] == nil) then
     local reason = ok and (r[2] or "the transaction function returned nil") or r[1]
+    local rkind = ok and r[3] or nil
     rollback(c, timeout)
     self:_release(c)
-    return nil, reason
+    return nil, reason, rkind
   end
-  local _, cerr = execute(c, "COMMIT", timeout)
+  local _, cerr, ckind = execute(c, "COMMIT", timeout)
   if cerr then rollback(c, timeout) end
   self:_release(c)
-  if cerr then return nil, cerr end
+  if cerr then return nil, cerr, ckind end
   if r.n == 0 then return true end
   return unpack(r, 1, r.n)
 end

@@ -9,14 +9,18 @@
 --
 -- One connection per client, shared by every coroutine: calls from many tasks
 -- are pipelined on it.  Every call answers one of
---   value             the reply: string, number, array (a Lua table), or
---                     redis.null for a nil reply (also inside arrays); a nested
---                     error reply is { err = "ERR ..." }
---   false, "ERR ..."  Redis answered with an error reply
---   nil, reason       the transport failed: "not connected" (also while
---                     reconnecting: a call never waits for Redis to come back),
---                     "timeout", "connection lost", "overloaded", "closed"
--- so code can tell "Redis said no" from "Redis is not there".  Misuse (a bad
+--   value                   the reply: string, number, array (a Lua table), or
+--                           redis.null for a nil reply (also inside arrays); a
+--                           nested error reply is { err = "ERR ..." }
+--   false, "ERR ...", kind  Redis answered with an error reply; kind is its
+--                           first word: "ERR", "WRONGTYPE", "NOSCRIPT", ...
+--   nil, reason, kind       the transport failed: "not connected" (also while
+--                           reconnecting: a call never waits for Redis to come
+--                           back; kind not_connected), "timeout" (timeout),
+--                           "connection lost" and "closed" (closed),
+--                           "overloaded" (busy)
+-- so code can tell "Redis said no" from "Redis is not there".  redis.null is
+-- cjson.null (the NULL light userdata), as mysql.null.  Misuse (a bad
 -- argument, a call outside a task, a call on a closed client) raises.
 --
 -- The client reconnects by itself, forever, with backoff (50 ms doubling to
@@ -31,6 +35,7 @@
 local driver = require "flashhost.redis.driver"
 local scripts = require "flashhost.redis_scripts"
 
+-- driver.null is the NULL light userdata: cjson.null, mysql.null.
 local M = { null = driver.null }
 
 local DEFAULT_URL = "redis://127.0.0.1:6379"
@@ -109,13 +114,13 @@ function M.connect(opts)
   }, Client)
 end
 
--- r:call(cmd, ...) -> value | false, msg | nil, reason.  Arguments are strings
+-- r:call(cmd, ...) -> value | false, msg, kind | nil, reason, kind.  Arguments are strings
 -- or numbers (integers are sent without an exponent).  Yields.
 function Client:call(...)
   return self._c:call(...)
 end
 
--- r:wait_ready([ms]) -> true | nil, "timeout".  Yields until connected, at most
+-- r:wait_ready([ms]) -> true | nil, "timeout", "timeout".  Yields until connected, at most
 -- ms (default: connect_timeout_ms).  Useful at start; calls never wait by themselves.
 function Client:wait_ready(ms)
   return self._c:wait_ready(ms or self._connect_timeout)
@@ -144,17 +149,17 @@ scripts.install(Client)
 -- Loads every registered library on this client's Redis.
 local function load(self)
   local libs, version = self._libs, self._libs.version
-  local ok, err = scripts.load(function(...) return self._c:call(...) end, libs)
+  local ok, err, kind = scripts.load(function(...) return self._c:call(...) end, libs)
   if ok then self._loaded = version end
-  return ok, err
+  return ok, err, kind
 end
 
--- r:load_functions() -> true | nil, err.  Yields: FUNCTION LOAD REPLACE of
--- every registered library now, e.g. in a start hook, so the first requests
--- do not each load it.
+-- r:load_functions() -> true | nil, err, kind.  Yields: FUNCTION LOAD REPLACE
+-- of every registered library now, e.g. in a start hook, so the first
+-- requests do not each load it.
 function Client:load_functions()
-  local ok, err = load(self)
-  if not ok then return nil, err end
+  local ok, err, kind = load(self)
+  if not ok then return nil, err, kind end
   return true
 end
 
@@ -162,17 +167,17 @@ local function fcall(self, cmd, name, keys, args)
   local argv, n = scripts.argv(cmd, name, keys, args, 3)
   if #self._libs.names == 0 then error("no redis function library registered (r:functions)", 3) end
   if self._loaded ~= self._libs.version then
-    local ok, err = load(self)
-    if not ok then return ok, err end
+    local ok, err, kind = load(self)
+    if not ok then return ok, err, kind end
   end
   local c = self._c
-  local res, err = c:call(unpack(argv, 1, n))
+  local res, err, kind = c:call(unpack(argv, 1, n))
   if res == false and scripts.missing(err) then
-    local ok, lerr = load(self)
-    if not ok then return ok, lerr end
-    res, err = c:call(unpack(argv, 1, n))
+    local ok, lerr, lkind = load(self)
+    if not ok then return ok, lerr, lkind end
+    res, err, kind = c:call(unpack(argv, 1, n))
   end
-  return res, err
+  return res, err, kind
 end
 
 -- r:fcall(name, keys, args) -> as r:call.  Loads the libraries on first use and

@@ -29,15 +29,15 @@
 --                     connection (driver call_asking), the map is unchanged.
 --   TRYAGAIN          a multi-key command (a script) during a migration finds
 --                     some of its keys on each side: sent again every 20 ms
---                     until timeout_ms, then nil, "slot migrating".
---   CLUSTERDOWN       nil, "cluster down" (Redis is not usable for this slot;
---                     like a lost connection, not like a refusal).
+--                     until timeout_ms, then nil, "slot migrating", "busy".
+--   CLUSTERDOWN       nil, "cluster down", "not_connected" (Redis is not usable
+--                     for this slot; like a lost connection, not a refusal).
 -- At most 5 redirections per call, then the last error reply is answered.
 -- Function libraries are per node (masters do not share them): each master
 -- gets them with FUNCTION LOAD REPLACE before its first FCALL, and a node that
 -- answers "Function not found" gets them again before the call is resent.
 --
--- A master that is down answers nil, "not connected" for its slots at once
+-- A master that is down answers nil, "not connected", "not_connected" for its slots at once
 -- (its client reconnects by itself) while the others keep working; transport
 -- failures also ask for a fresh slot map, so a failover is picked up.
 local driver = require "flashhost.redis.driver"
@@ -296,12 +296,18 @@ end
 local function refresh_task(self)
   repeat
     self._refresh_again = false
-    local wait = self._last_refresh + self._opts.refresh_gap_ms - core.mono()
+    -- at least 1 ms apart even with refresh_gap_ms = 0: an attempt with every
+    -- node down ends without yielding, and wait_ready asks again at once
+    local wait = self._last_refresh + math.max(self._opts.refresh_gap_ms, 1) - core.mono()
     if wait > 0 and not timer.sleep(wait) then break end -- the generation stops
     if self._closed then break end
     self._last_refresh = core.mono()
     local ok, err = pcall(refresh, self)
     if not ok then log.error("redis cluster: slot map refresh failed", { err = tostring(err) }) end
+    -- wake wait_ready's tasks: each attempt, with a map or without one
+    local round = self._refreshed
+    self._refreshed = core.event()
+    round:set(true)
   until not self._refresh_again or self._closed
   self._refreshing = false
 end
@@ -321,9 +327,9 @@ end
 -- Loads the client's libraries on one node; remembers it there.
 local function load_libs(node, libs)
   local version = libs.version
-  local ok, err = scripts.load(function(...) return node.c:call(...) end, libs)
+  local ok, err, kind = scripts.load(function(...) return node.c:call(...) end, libs)
   if ok then node.loaded = version end
-  return ok, err
+  return ok, err, kind
 end
 
 -- Sends argv[1..n] to the master of `slot` (any master when nil) and follows
@@ -334,39 +340,39 @@ local function exec(self, slot, argv, n, libs)
   local asking, redirects, missing, deadline = false, 0, 0, nil
   while true do
     -- closed by another task while this one waited: nothing may make nodes now
-    if self._closed then return nil, "closed" end
+    if self._closed then return nil, "closed", "closed" end
     if node and node.fresh then settle(self, node) end
-    if self._closed then return nil, "closed" end
+    if self._closed then return nil, "closed", "closed" end
     if node and node.closed then
       -- the map dropped it while we waited: ask the map again
       node = self._nodes[node.addr] or (slot and self._slots[slot + 1]) or any_node(self)
       asking = false
     end
-    if not node then return nil, "not connected" end
+    if not node then return nil, "not connected", "not_connected" end
     local c = node.c
     if libs and node.loaded ~= libs.version then
-      local ok, lerr = load_libs(node, libs)
+      local ok, lerr, lkind = load_libs(node, libs)
       if not ok then
         if ok == nil then self:_refresh_soon() end
-        return ok, lerr
+        return ok, lerr, lkind
       end
     end
-    local res, err
-    if asking then res, err = c:call_asking(unpack(argv, 1, n)) else res, err = c:call(unpack(argv, 1, n)) end
+    local res, err, kind
+    if asking then res, err, kind = c:call_asking(unpack(argv, 1, n)) else res, err, kind = c:call(unpack(argv, 1, n)) end
     if res then return res end
     if res == nil then
       if err == "closed" and node.closed and not self._closed and redirects < MAX_REDIRECTS then
         redirects = redirects + 1
       else
         if err == "not connected" or err == "connection lost" then self:_refresh_soon() end
-        return nil, err
+        return nil, err, kind
       end
     else
       local b = byte(err, 1)
       if b == 77 and sub(err, 1, 6) == "MOVED " and redirects < MAX_REDIRECTS then    -- M
         local s, addr = err:match("^MOVED (%d+) (%S+)")
         local host, port = split_addr(addr)
-        if not host then return res, err end
+        if not host then return res, err, kind end
         redirects, self._moved = redirects + 1, self._moved + 1
         node, asking = node_at(self, host, port), false
         self._slots[tonumber(s) + 1] = node
@@ -374,33 +380,33 @@ local function exec(self, slot, argv, n, libs)
         self:_refresh_soon()
       elseif b == 65 and sub(err, 1, 4) == "ASK " and redirects < MAX_REDIRECTS then  -- A
         local host, port = split_addr(err:match("^ASK %d+ (%S+)"))
-        if not host then return res, err end
+        if not host then return res, err, kind end
         redirects, self._ask = redirects + 1, self._ask + 1
         node, asking = node_at(self, host, port), true
       elseif b == 69 and libs and missing < 2 and scripts.missing(err) then             -- E
         -- This node lost the library (restart, FUNCTION FLUSH) or never had it.
         missing = missing + 1
-        local ok, lerr = load_libs(node, libs)
-        if not ok then return ok, lerr end
+        local ok, lerr, lkind = load_libs(node, libs)
+        if not ok then return ok, lerr, lkind end
       elseif b == 84 and sub(err, 1, 8) == "TRYAGAIN" then                              -- T
         self._tryagain = self._tryagain + 1
         deadline = deadline or core.mono() + self._opts.timeout_ms
         if core.mono() + TRYAGAIN_MS > deadline or not timer.sleep(TRYAGAIN_MS) then
-          return nil, "slot migrating"
+          return nil, "slot migrating", "busy"
         end
-        if self._closed then return nil, "closed" end
+        if self._closed then return nil, "closed", "closed" end
         node, asking = slot and self._slots[slot + 1] or any_node(self), false
       elseif b == 67 and sub(err, 1, 11) == "CLUSTERDOWN" then                          -- C
         self:_refresh_soon()
-        return nil, "cluster down"
+        return nil, "cluster down", "not_connected"
       else
-        return res, err
+        return res, err, kind
       end
     end
   end
 end
 
--- r:call(cmd, ...) -> value | false, msg | nil, reason.  Yields.
+-- r:call(cmd, ...) -> value | false, msg, kind | nil, reason, kind.  Yields.
 function Cluster:call(...)
   if self._closed then closed_error(2) end
   local n = select("#", ...)
@@ -435,9 +441,12 @@ function Cluster:node_of(key)
   return n and n.addr
 end
 
--- r:wait_ready([ms]) -> true | nil, "timeout".  Yields until the slot map is
--- known and every master in it is connected, at most ms (default:
--- connect_timeout_ms).  Calls never wait by themselves.
+-- r:wait_ready([ms]) -> true | nil, "timeout", "timeout".  Yields until the
+-- slot map is known and every master in it is connected, at most ms
+-- (default: connect_timeout_ms).  Calls never wait by themselves.  No
+-- polling: the refresh task sets the event of its round when an attempt
+-- ends (with a map or without one: then we ask again, at the task's pace),
+-- and each master's client wakes its own waiters when it connects.
 function Cluster:wait_ready(ms)
   if self._closed then closed_error(2) end
   ms = ms or self._opts.connect_timeout_ms
@@ -445,14 +454,15 @@ function Cluster:wait_ready(ms)
   local deadline = core.mono() + ms
   while #self._masters == 0 do
     local left = deadline - core.mono()
-    if left <= 0 then return nil, "timeout" end
+    if left <= 0 then return nil, "timeout", "timeout" end
+    local round = self._refreshed
     self:_refresh_soon()
-    -- a bounded poll: the map comes from a background task with no waiters list
-    if not timer.sleep(math.min(5, left)) then return nil, "timeout" end
+    -- nil: the deadline passed, or the generation stops
+    if not round:wait(left) then return nil, "timeout", "timeout" end
   end
   for _, n in ipairs(self._masters) do
     local left = deadline - core.mono()
-    if n.closed or not n.c:wait_ready(left > 0 and left or 0) then return nil, "timeout" end
+    if n.closed or not n.c:wait_ready(left > 0 and left or 0) then return nil, "timeout", "timeout" end
   end
   return true
 end
@@ -572,6 +582,7 @@ function M.connect(opts, url)
     _opts = o, _nodes = {}, _masters = {}, _slots = {}, _libs = scripts.new(),
     _seeds = {}, _closed = false,
     _refreshing = false, _refresh_again = false, _last_refresh = -math.huge,
+    _refreshed = core.event(),
     _moved = 0, _ask = 0, _tryagain = 0, _refreshes = 0,
   }, Cluster)
   for i, a in ipairs(cfg.seeds) do

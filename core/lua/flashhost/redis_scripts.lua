@@ -53,11 +53,12 @@ function M.read(path, level)
 end
 
 -- Sends FUNCTION LOAD REPLACE of every library through call (a driver or
--- client call).  Returns true, or the failing answer: false, msg | nil, reason.
+-- client call).  Returns true, or the failing answer: false, msg, kind |
+-- nil, reason, kind.
 function M.load(call, libs)
   for _, name in ipairs(libs.names) do
-    local res, err = call("FUNCTION", "LOAD", "REPLACE", libs.sources[name])
-    if not res then return res, err end
+    local res, err, kind = call("FUNCTION", "LOAD", "REPLACE", libs.sources[name])
+    if not res then return res, err, kind end
   end
   return true
 end
