@@ -230,7 +230,7 @@ local function purchase_batch(keys, args)
   local stock                      -- read when an attempt first needs it
   local users, userOrder = {}, {}  -- userKey -> { held, tokens, ts, fullAt, ... }
   local idems = {}                 -- idemKey -> stored record | false
-  local taken, zadd, okKeys = 0, {}, {}
+  local taken, zadd, okKeys, events = 0, {}, {}, {}
 
   -- One read of a user's key; a key of another sale generation counts as empty.
   local function user(k)
@@ -324,10 +324,10 @@ local function purchase_batch(keys, args)
     redis.call('HSET', a.resKey, 'userId', a.userId, 'orderId', a.orderId, 'quantity', q,
       'unitPrice', price, 'status', 'PENDING', 'expiresAt', tostring(expiresAt),
       'createdAt', tostring(now), 'updatedAt', tostring(now), 'traceId', a.traceId)
-    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'eventId', a.resId .. ':reserved',
-      'reservationId', a.resId, 'orderId', a.orderId, 'userId', a.userId, 'skuId', c.sku,
-      'quantity', q, 'unitPrice', price, 'status', 'PENDING',
-      'expiresAt', tostring(expiresAt), 'ts', tostring(now), 'traceId', a.traceId)
+    events[#events + 1] = { type = 'reserved', eventId = a.resId .. ':reserved',
+      reservationId = a.resId, orderId = a.orderId, userId = a.userId, skuId = c.sku,
+      quantity = q, unitPrice = price, status = 'PENDING',
+      expiresAt = tostring(expiresAt), ts = tostring(now), traceId = a.traceId }
     zadd[#zadd + 1] = expiresAt
     zadd[#zadd + 1] = a.resId
     if index then
@@ -347,6 +347,11 @@ local function purchase_batch(keys, args)
     redis.call('DECRBY', stockKey, taken)
     redis.call('HINCRBY', countsKey, 'reserved', taken)
     redis.call('ZADD', pendingKey, unpack(zadd))
+    -- One outbox entry for the call's reservations: its `events` field holds
+    -- them as a JSON array of the usual event fields, which the relay sends
+    -- as one Kafka message each.  One entry to append, read, acknowledge and
+    -- delete, instead of one per ticket sold.
+    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', cjson.encode(events))
   end
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))

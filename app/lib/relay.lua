@@ -40,39 +40,66 @@ local function read(r, stream, consumer, id, count)
   return out
 end
 
-local function message(ev)
+local function message(fields)
   return {
-    key = ev.fields.orderId,
-    value = cjson.encode(ev.fields),
-    headers = { trace_id = ev.fields.traceId or "", event_id = ev.fields.eventId or "",
-      event_type = ev.fields.type or "" },
+    key = fields.orderId,
+    value = cjson.encode(fields),
+    headers = { trace_id = fields.traceId or "", event_id = fields.eventId or "",
+      event_type = fields.type or "" },
   }
 end
 
--- Sends entries, acknowledges the delivered ones; returns how many were delivered.
+-- The events of one outbox entry: the entry itself, or, for the entry of a
+-- purchase_batch call, each element of its `events` array.  An unreadable
+-- array is sent as the entry it is, so it reaches the dead letters instead
+-- of blocking the stream.
+local function events_of(entry)
+  local list = entry.fields.events
+  if not list then return { entry.fields } end
+  local evs = cjson.decode(list)
+  if type(evs) ~= "table" or #evs == 0 then return { entry.fields } end
+  return evs
+end
+M.events_of = events_of
+
+-- Sends entries, acknowledges those whose every event was delivered; returns
+-- how many events were delivered.
 local function ship(ctx, stream, entries)
   if #entries == 0 then return 0 end
-  local msgs = {}
-  for i, ev in ipairs(entries) do msgs[i] = message(ev) end
+  local msgs, first, last = {}, {}, {}
+  for i, entry in ipairs(entries) do
+    first[i] = #msgs + 1
+    for _, ev in ipairs(events_of(entry)) do msgs[#msgs + 1] = message(ev) end
+    last[i] = #msgs
+  end
   local t0 = core.mono()
   local ok_count, errors = ctx.producer:produce_batch(M.TOPIC, msgs)
   local elapsed = (core.mono() - t0) / 1000
-  local acked = {}
-  for i, ev in ipairs(entries) do
-    if not (errors and errors[i]) then acked[#acked + 1] = ev.id end
+  local acked, delivered = {}, 0
+  for i, entry in ipairs(entries) do
+    local whole = true
+    for j = first[i], last[i] do
+      if errors and errors[j] then whole = false break end
+    end
+    -- a partly delivered entry is sent again whole: the order worker's
+    -- upserts make the repeated events change nothing
+    if whole then
+      acked[#acked + 1] = entry.id
+      delivered = delivered + (last[i] - first[i] + 1)
+    end
   end
   if #acked > 0 then
     ctx.redis_relay:call("XACK", stream, M.GROUP, unpack(acked))
     ctx.redis_relay:call("XDEL", stream, unpack(acked))
     if ctx.metrics then ctx.metrics.raw.kafka:observe({ topic = M.TOPIC }, elapsed) end
   end
-  if ok_count and ok_count < #entries then
-    local first
-    for _, e in pairs(errors or {}) do first = e break end
-    ctx.log.warn("outbox entries not delivered; they will be sent again",
-      { stream = stream, failed = #entries - ok_count, err = first })
+  if ok_count and ok_count < #msgs then
+    local err
+    for _, e in pairs(errors or {}) do err = e break end
+    ctx.log.warn("outbox events not delivered; they will be sent again",
+      { stream = stream, failed = #msgs - ok_count, err = err })
   end
-  return #acked
+  return delivered
 end
 
 -- One pass over every SKU; returns how many events moved.

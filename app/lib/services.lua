@@ -39,7 +39,8 @@ function M.define_metrics()
   m.active = metrics.gauge("active_reservations", "Pending reservations, per SKU.", { "sku" }, shared)
   m.available = metrics.gauge("sku_available_tickets", "Tickets available, per SKU.", { "sku" }, shared)
   m.sold = metrics.gauge("sku_sold_tickets", "Tickets sold (paid), per SKU.", { "sku" }, shared)
-  m.backlog = metrics.gauge("outbox_backlog", "Outbox events not yet delivered to Kafka, per SKU.", { "sku" }, shared)
+  m.backlog = metrics.gauge("outbox_backlog",
+    "Outbox entries not yet delivered to Kafka, per SKU (a purchase batch's reservations share one).", { "sku" }, shared)
   m.lag = metrics.gauge("consumer_lag", "Messages behind in the order worker's partitions.", { "topic" })
   m.events = metrics.counter("order_events_total", "Events applied to MySQL by type and outcome.",
     { "type", "outcome" })

@@ -37,12 +37,15 @@ for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
   out[#out + 1] = k .. '|' .. (redis.call('HGET', k, 'orderId') or '') .. '|' .. (redis.call('HGET', k, 'traceId') or '')
 end
 return out]==]
+-- (an entry of a purchase_batch call holds its events as a JSON array)
 local OUTBOX_SCRIPT = [==[
 local out = {}
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local f = {}
   for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-  out[#out + 1] = (f.type or '') .. '|' .. (f.reservationId or '') .. '|' .. (f.orderId or '')
+  for _, ev in ipairs(f.events and cjson.decode(f.events) or { f }) do
+    out[#out + 1] = (ev.type or '') .. '|' .. (ev.reservationId or '') .. '|' .. (ev.orderId or '')
+  end
 end
 return out]==]
 

@@ -142,15 +142,27 @@ function M.setup(o)
     return at
   end
 
+  -- Every event in the outbox, in order: a purchase_batch entry holds its
+  -- reservations' events as a JSON array (`events`); each becomes one event
+  -- here with its entry's id.
   function api.events(sku)
     local out = {}
     for _, entry in ipairs(xrange(client, M.keys(sku).outbox, '-', '+')) do
       local e, f = { id = entry[1] }, entry[2]
       for i = 1, #f, 2 do e[f[i]] = f[i + 1] end
-      out[#out + 1] = e
+      if e.events then
+        for _, ev in ipairs(cjson.decode(e.events)) do
+          ev.id = e.id
+          out[#out + 1] = ev
+        end
+      else
+        out[#out + 1] = e
+      end
     end
     return out
   end
+  -- The outbox's entries (not events): one per call that changed something.
+  function api.entries(sku) return #xrange(client, M.keys(sku).outbox, '-', '+') end
 
   function api.state(sku)
     local k = M.keys(sku)
