@@ -189,8 +189,8 @@ static void fh_kafka__destroy_done(uv_work_t *w, int status) {
 
 void fh_kafka_client_teardown(fh_kafka_client *kc) {
   kc->state = FH_KAFKA_CLOSING;
-  /* Order matters (INTEGRATION.md): io event off and our queue reference
-   * gone before librdkafka closes or destroys anything. */
+  /* Order matters (librdkafka's rules for io events): the io event off and
+   * our queue reference gone before librdkafka closes or destroys anything. */
   rd_kafka_queue_io_event_enable(kc->q, -1, NULL, 0);
   rd_kafka_queue_destroy(kc->q);
   kc->q = NULL;

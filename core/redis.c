@@ -8,7 +8,8 @@
  * commands of all coroutines that ran in one loop iteration leave in one
  * write (pipelining) and the replies come back in order.
  *
- * What a call answers (the three-way result of STYLE.md point 5):
+ * What a call answers (three ways, as lua-resty-redis does, so a caller can
+ * tell "Redis said no" from "Redis is not there"; DESIGN.md, error kinds):
  *   value                  a reply; a nil reply is `driver.null` (= cjson.null)
  *   false, "ERR ..", kind  an error reply; kind is its first word (ERR, WRONGTYPE)
  *   nil, reason, kind      the transport failed: "not connected" (not_connected),
