@@ -575,6 +575,21 @@ local function load_queue(p)
   return q, sale
 end
 
+-- The call of a queue_* function: its context, with KEYS[1] checked to be the
+-- SKU's sale, and the SKU's key prefix.
+local function queue_context(name, keys, args)
+  local c = context(name, keys, args)
+  c.key(1, 'sale')
+  return c, c.prefix
+end
+
+-- The queue of the SKU with prefix p: q | nil, the encoded refusal to answer.
+local function queue_of(p)
+  local q, code = load_queue(p)
+  if not q then return nil, cjson.encode({ code = code }) end
+  return q
+end
+
 local ORDER_WIDTH = 10 -- the order string: position p holds the ticket number at (p-1)*10, zero-padded
 
 -- The ticket number at position `pos` (pre-queue positions were shuffled).
@@ -598,9 +613,7 @@ end
 -- queue_setup(sale; admitPerSec, tokenTtlSec, preQueueSec): a fresh queue for
 -- the sale's current generation (the sale hash must carry queue = 1).
 local function queue_setup(keys, args)
-  local c = context('queue_setup', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_setup', keys, args)
   local rate = c.num(args[1], 'admitPerSec', 0)
   local ttl = c.int(args[2], 'tokenTtlSec', 1)
   local pre = c.int(args[3], 'preQueueSec', 0)
@@ -625,13 +638,11 @@ end
 
 -- queue_join(sale; userId): one ticket per user and generation.
 local function queue_join(keys, args)
-  local c = context('queue_join', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_join', keys, args)
   local user = args[1]
   if type(user) ~= 'string' or user == '' then c.fail('userId is required') end
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   local k = queue_keys(p)
   local now = now_ms()
   local startsAt, endsAt = field(q, 'startsAt'), field(q, 'endsAt')
@@ -665,11 +676,9 @@ end
 
 -- queue_state(sale) [no-writes]: what a worker caches to answer status polls.
 local function queue_state(keys, args)
-  local c = context('queue_state', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local c, p = queue_context('queue_state', keys, args)
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   q.code = 'OK'
   q.stock = tonumber(redis.call('GET', p .. 'stock')) or 0
   q.now = now_ms()
@@ -679,11 +688,9 @@ end
 
 -- queue_order(sale) [no-writes]: the shuffled order of the pre-queue ("" before the opening).
 local function queue_order_fn(keys, args)
-  local c = context('queue_order', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local c, p = queue_context('queue_order', keys, args)
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   return cjson.encode({ code = 'OK', gen = q.gen, preCount = field(q, 'preCount'), opened = q.opened == '1',
     order = redis.call('GET', queue_keys(p).order) or '' })
 end
@@ -691,12 +698,10 @@ end
 -- queue_ticket(sale; seq) [no-writes]: an admitted ticket's admission time and
 -- what became of its token.
 local function queue_ticket(keys, args)
-  local c = context('queue_ticket', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_ticket', keys, args)
   local seq = c.int(args[1], 'ticket', 1)
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   local k = queue_keys(p)
   local at = tonumber(redis.call('HGET', k.adm, seq))
   if not at then return cjson.encode({ code = 'WAITING', tail = field(q, 'tail') }) end
@@ -710,14 +715,12 @@ end
 -- queue_open(sale; preCount, order): the keeper's shuffle of the pre-queue,
 -- written once.  STALE when the pre-queue it shuffled is not the one closed.
 local function queue_open(keys, args)
-  local c = context('queue_open', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_open', keys, args)
   local count = c.int(args[1], 'preCount', 0)
   local ord = args[2] or ''
   if #ord ~= count * ORDER_WIDTH then c.fail('order must hold preCount numbers of 10 digits') end
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   if q.opened == '1' then return cjson.encode({ code = 'ALREADY_OPEN' }) end
   local now = now_ms()
   if now < field(q, 'startsAt') then return cjson.encode({ code = 'NOT_DUE', startsAt = field(q, 'startsAt') }) end
@@ -745,15 +748,13 @@ end
 -- admitted while the SKU has stock.  `tick` must be the value the keeper last
 -- read: a second keeper working from an older reading changes nothing.
 local function queue_advance(keys, args)
-  local c = context('queue_advance', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_advance', keys, args)
   local count = c.int(args[1], 'count', 0)
   local tick = c.int(args[2], 'tick', 0)
   local measured = c.num(args[3], 'measuredRate', 0)
   local limit = c.int(args[4] or 1000, 'sweepLimit', 1)
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   if field(q, 'tick') ~= tick then return cjson.encode({ code = 'STALE', tick = field(q, 'tick') }) end
   local k = queue_keys(p)
   local now = now_ms()
@@ -807,12 +808,10 @@ end
 
 -- queue_used(sale; seq): a purchase bought with this ticket's token.
 local function queue_used(keys, args)
-  local c = context('queue_used', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_used', keys, args)
   local seq = c.int(args[1], 'ticket', 1)
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   local k = queue_keys(p)
   if not redis.call('HGET', k.adm, seq) then return cjson.encode({ code = 'NOT_ADMITTED' }) end
   if redis.call('SADD', k.used, seq) == 1 then redis.call('HINCRBY', k.meta, 'used', 1) end
@@ -821,12 +820,10 @@ end
 
 -- queue_rate(sale; admitPerSec): the operator's new pace, effective at the next step.
 local function queue_rate(keys, args)
-  local c = context('queue_rate', keys, args)
-  c.key(1, 'sale')
-  local p = c.prefix
+  local c, p = queue_context('queue_rate', keys, args)
   local r = c.num(args[1], 'admitPerSec', 0)
-  local q, code = load_queue(p)
-  if not q then return cjson.encode({ code = code }) end
+  local q, refusal = queue_of(p)
+  if not q then return refusal end
   redis.call('HSET', queue_keys(p).meta, 'rate', tostring(r))
   return cjson.encode({ code = 'OK', rate = r })
 end

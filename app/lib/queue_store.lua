@@ -10,13 +10,8 @@ local M = {}
 
 M.SET = "flash:queued" -- the SKUs whose sale has a waiting room (the keeper walks it)
 
-local function decode(res, err)
-  if res == nil then return nil, "unavailable", err end
-  if res == false then return nil, "error", err end
-  local v = cjson.decode(res)
-  if type(v) ~= "table" then return nil, "error", "unreadable function answer" end
-  return v
-end
+-- a function's JSON answer, or nil, "unavailable" | "error", detail (as lib/stock)
+local decode = stock.decode
 
 local function sale_key(sku) return { stock.prefix(sku) .. "sale" } end
 local function call(r, name, sku, ...) return decode(r:fcall(name, sale_key(sku), { ... })) end

@@ -37,6 +37,7 @@ local function decode(res, err)
   if type(v) ~= "table" then return nil, "error", "unreadable function answer" end
   return v
 end
+M.decode = decode
 
 -- The fingerprint of a purchase body: the same key with another body is a conflict.
 function M.fingerprint(p)
