@@ -3,22 +3,11 @@
  * resume in deadline order, I/O calls refused outside a task, errors inside
  * a task contained, and the exit code of `flashhost --run`.
  */
-#include "worker.h"
+#include "run_script.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int run(const char *src, const char *name) {
-  char path[] = "/tmp/fh-test-sched-XXXXXX.lua";
-  int fd = mkstemps(path, 4);
-  (void)!write(fd, src, strlen(src));
-  close(fd);
-  int rc = fh_worker_script(path, 0, NULL);
-  unlink(path);
-  printf("%s: exit %d\n", name, rc);
-  return rc;
-}
 
 int main(void) {
   setenv("LOG_LEVEL", "error", 1);

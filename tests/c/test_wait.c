@@ -6,23 +6,12 @@
  * the middle of something else), and the wake-up of every waiter when its
  * generation stops (but not of a wait through the stop).
  */
-#include "worker.h"
+#include "run_script.h"
 #include "gen.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int run(const char *src, const char *name) {
-  char path[] = "/tmp/fh-test-wait-XXXXXX.lua";
-  int fd = mkstemps(path, 4);
-  (void)!write(fd, src, strlen(src));
-  close(fd);
-  int rc = fh_worker_script(path, 0, NULL);
-  unlink(path);
-  printf("%s: exit %d\n", name, rc);
-  return rc;
-}
 
 static char *slurp(const char *path) {
   static char buf[256];
