@@ -235,6 +235,7 @@ static void fh__on_watch(void) {
 
 int fh_master_run(const char *self, const char *app, int nworkers, int watch) {
   M.loop = uv_default_loop();
+  fh_proc_set(M.loop, -1, 0, 0); /* no worker id: log lines say "worker":-1 */
   M.self = self;
   M.app = app;
   M.n = nworkers > FH_MAX_WORKERS ? FH_MAX_WORKERS : nworkers;

@@ -16,19 +16,12 @@
 static struct {
   uv_loop_t loop;
   const char *app;
-  int id, node;
   int exit_code;
   int stopping;
   fh_gen *booting;          /* a reload in progress */
   uv_signal_t sig_hup, sig_term, sig_int;
   uv_timer_t deadline;
-  int master_pid;           /* 0 when running without a master */
-} W = {.id = -1};
-
-uv_loop_t *fh_loop(void) { return &W.loop; }
-int fh_worker_id(void) { return W.id; }
-int fh_node_id(void) { return W.node; }
-int fh_master_pid(void) { return W.master_pid ? W.master_pid : (int)getpid(); }
+} W;
 
 static int fh__env_int(const char *name, int dflt) {
   const char *v = getenv(name);
@@ -140,10 +133,8 @@ static void fh__on_first_boot(fh_gen *g, int ok, const char *err) {
 }
 
 int fh_worker_run(const char *app, int id, int has_master) {
-  W.master_pid = has_master ? (int)getppid() : 0;
+  fh_proc_set(&W.loop, id, fh__env_int("NODE_ID", 0) & 0x1f, has_master ? (int)getppid() : 0);
   W.app = app;
-  W.id = id;
-  W.node = fh__env_int("NODE_ID", 0) & 0x1f;
   signal(SIGPIPE, SIG_IGN);
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
@@ -184,6 +175,7 @@ static void fh__on_check_boot(fh_gen *g, int ok, const char *err) {
 }
 
 int fh_worker_check(const char *app) {
+  fh_proc_set(&W.loop, -1, 0, 0);
   W.app = app;
   setenv("FH_MODE", "check", 1);
   uv_loop_init(&W.loop);
@@ -216,9 +208,8 @@ int fh_worker_script(const char *script, int argc, char **argv) {
   setenv("FH_RUN_ARGS", joined, 1);
   free(joined);
   setenv("FH_MODE", "run", 1);
+  fh_proc_set(&W.loop, 0, fh__env_int("NODE_ID", 0) & 0x1f, 0);
   W.app = script;
-  W.id = 0;
-  W.node = fh__env_int("NODE_ID", 0) & 0x1f;
   signal(SIGPIPE, SIG_IGN);
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
