@@ -107,6 +107,7 @@ static int l_gc(lua_State *L) {
 void fh_http_push_responder(lua_State *L, fh_conn *c) {
   fh__responder *r = lua_newuserdata(L, sizeof *r);
   r->c = c;
+  fh_conn_hold(c);
   luaL_getmetatable(L, FH_RESPONDER);
   lua_setmetatable(L, -2);
 }

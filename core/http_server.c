@@ -17,7 +17,6 @@
  * writes its whole request before reading would see the reset, not the answer.
  */
 #include "http.h"
-#include "gen.h"
 #include <http_parser.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +69,7 @@ static http_parser_settings fh__settings;
 static fh__listener *fh__listeners;
 static fh_conn *fh__conns;
 static int fh__nconns;
+static fh_http_handler fh__handler;
 static int fh__draining;
 static void (*fh__drain_done)(void);
 static char fh__readbuf[65536];
@@ -184,8 +184,7 @@ static int on_body(http_parser *p, const char *at, size_t len) {
   return fh__buf_add(&c->body, at, len);
 }
 
-/* Pushes the request as a plain table: method, path, query, headers, body. */
-static int fh__push_request(lua_State *L, fh_conn *c) {
+int fh_http_push_request(lua_State *L, fh_conn *c) {
   struct http_parser_url u;
   http_parser_url_init(&u);
   if (http_parser_parse_url(c->url.p, c->url.len, c->parser.method == HTTP_CONNECT, &u) != 0 ||
@@ -236,22 +235,9 @@ static int on_message_complete(http_parser *p) {
   c->keep_alive = http_should_keep_alive(p) ? 1 : 0;
   uv_timer_stop(&c->timer);
   http_parser_pause(p, 1);
-  fh_gen *g = fh_gen_current();
   c->busy = 1;
-  if (!g) { fh__send_error(c, 503); return 0; }
-  lua_State *L = fh_gen_L(g);
-  fh_gen_push_runtime(g, "dispatch");
-  if (fh__push_request(L, c) != 0) {
-    lua_pop(L, 1);
-    fh__send_error(c, 400);
-    return 0;
-  }
-  fh_http_push_responder(L, c);
-  c->responder = 1;
-  if (fh_task_spawn(g, L, 2) != 0) {
-    /* the responder userdata was dropped unsent; its __gc releases us */
-    fh__send_error(c, 503);
-  }
+  int refused = fh__handler ? fh__handler(c) : 503;
+  if (refused) fh__send_error(c, refused);
   return 0;
 }
 
@@ -308,6 +294,8 @@ void fh_conn_respond(fh_conn *c, char *buf, size_t len) {
     fh__conn_close(c);
   }
 }
+
+void fh_conn_hold(fh_conn *c) { c->responder = 1; }
 
 void fh_conn_release(fh_conn *c) {
   c->responder = 0;
@@ -490,6 +478,8 @@ void fh_http_init(void) {
 }
 
 const fh_http_limits *fh_http_limits_get(void) { return &fh__limits; }
+
+void fh_http_set_handler(fh_http_handler handler) { fh__handler = handler; }
 
 int fh_http_listen(const char *host, int port, const char *kind) {
   struct sockaddr_in addr;

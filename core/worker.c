@@ -96,6 +96,22 @@ static void fh__reload(void) {
   else if (fh_gen_booting(g)) W.booting = g; /* the start hook is waiting on I/O */
 }
 
+/* The server's request handler: the request becomes a task of the current
+ * generation, which calls the runtime facade's dispatch(request, responder). */
+static int fh__dispatch(fh_conn *c) {
+  fh_gen *g = fh_gen_current();
+  if (!g) return 503;
+  lua_State *L = fh_gen_L(g);
+  fh_gen_push_runtime(g, "dispatch");
+  if (fh_http_push_request(L, c) != 0) {
+    lua_pop(L, 1);
+    return 400;
+  }
+  fh_http_push_responder(L, c);
+  /* On a refusal the responder userdata was dropped unsent; its __gc releases c. */
+  return fh_task_spawn(g, L, 2) != 0 ? 503 : 0;
+}
+
 static void fh__on_signal(uv_signal_t *s, int signum) {
   if (signum == SIGHUP) fh__reload();
   else fh__shutdown(0);
@@ -139,6 +155,7 @@ int fh_worker_run(const char *app, int id, int has_master) {
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
   fh_http_init();
+  fh_http_set_handler(fh__dispatch);
   uv_timer_init(&W.loop, &W.deadline);
   uv_signal_init(&W.loop, &W.sig_hup);
   uv_signal_init(&W.loop, &W.sig_term);
@@ -181,6 +198,7 @@ int fh_worker_check(const char *app) {
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
   fh_http_init();
+  fh_http_set_handler(fh__dispatch);
   fh_gen *g = fh_gen_new(app, fh__on_check_boot);
   if (!g) return FH_EXIT_BOOT_FAILED;
   uv_run(&W.loop, UV_RUN_DEFAULT);
@@ -214,6 +232,7 @@ int fh_worker_script(const char *script, int argc, char **argv) {
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
   fh_http_init();
+  fh_http_set_handler(fh__dispatch);
   fh_gen *g = fh_gen_new(script, fh__on_script_end);
   if (!g) return 1;
   uv_run(&W.loop, UV_RUN_DEFAULT);
