@@ -1,6 +1,7 @@
 /* flashhost.core: what every app may ask of its host process — clocks, ids,
  * log output, task spawning, and the boot/stop handshake with the runtime. */
 #include "gen.h"
+#include "host.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -8,7 +9,10 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/stat.h>
-#include "worker.h"
+
+static fh_core_exit_hook fh_core__exit_hook;
+
+void fh_core_set_exit_hook(fh_core_exit_hook hook) { fh_core__exit_hook = hook; }
 
 static int l_now(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_now_ms()); return 1; }
 static int l_mono(lua_State *L) { lua_pushnumber(L, (lua_Number)fh_mono_ns() / 1e6); return 1; }
@@ -57,7 +61,7 @@ static int l_run_done(lua_State *L) {
   int code = (int)luaL_checkinteger(L, 1);
   const char *err = luaL_optstring(L, 2, NULL);
   if (code != 0 && err && strncmp(err, "exit ", 5) != 0) fprintf(stderr, "%s\n", err);
-  fh_worker_set_exit(code);
+  if (fh_core__exit_hook) fh_core__exit_hook(code);
   fh_gen_booted(fh_gen_of(L), code == 0, err);
   return 0;
 }

@@ -8,6 +8,7 @@
 #include "worker.h"
 #include "gen.h"
 #include "http.h"
+#include "host.h"
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
@@ -27,6 +28,9 @@ static int fh__env_int(const char *name, int dflt) {
   const char *v = getenv(name);
   return v && *v ? atoi(v) : dflt;
 }
+
+/* core.run_done(code) of a --run script, through the hook of core/host.c */
+static void fh__set_exit(int code) { W.exit_code = code; }
 
 static void fh__close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
@@ -148,14 +152,29 @@ static void fh__on_first_boot(fh_gen *g, int ok, const char *err) {
   }
 }
 
-int fh_worker_run(const char *app, int id, int has_master) {
-  fh_proc_set(&W.loop, id, fh__env_int("NODE_ID", 0) & 0x1f, has_master ? (int)getppid() : 0);
+/* What every mode (serve, --check, --run) sets up first: the process's
+ * identity and loop, the scheduler, the HTTP limits, and the hooks through
+ * which the layers below hand work up to the worker. */
+static void fh__start(const char *app, int id, int node, int master_pid) {
+  fh_proc_set(&W.loop, id, node, master_pid);
   W.app = app;
-  signal(SIGPIPE, SIG_IGN);
   uv_loop_init(&W.loop);
   fh_sched_init(&W.loop);
   fh_http_init();
   fh_http_set_handler(fh__dispatch);
+  fh_core_set_exit_hook(fh__set_exit);
+}
+
+/* Runs the loop until nothing is left, then closes it (0, or UV_EBUSY). */
+static int fh__run_loop(void) {
+  uv_run(&W.loop, UV_RUN_DEFAULT);
+  uv_run(&W.loop, UV_RUN_DEFAULT); /* close callbacks queued by the last pass */
+  return uv_loop_close(&W.loop);
+}
+
+int fh_worker_run(const char *app, int id, int has_master) {
+  signal(SIGPIPE, SIG_IGN);
+  fh__start(app, id, fh__env_int("NODE_ID", 0) & 0x1f, has_master ? (int)getppid() : 0);
   uv_timer_init(&W.loop, &W.deadline);
   uv_signal_init(&W.loop, &W.sig_hup);
   uv_signal_init(&W.loop, &W.sig_term);
@@ -173,9 +192,7 @@ int fh_worker_run(const char *app, int id, int has_master) {
   fh_gen *g = fh_gen_new(app, fh__on_first_boot);
   if (!g) return FH_EXIT_BOOT_FAILED;
   if (fh_gen_booting(g)) W.booting = g;
-  uv_run(&W.loop, UV_RUN_DEFAULT);
-  uv_run(&W.loop, UV_RUN_DEFAULT); /* close callbacks queued by the last pass */
-  if (uv_loop_close(&W.loop) != 0) fh_log(FH_LOG_DEBUG, "loop closed with handles still open");
+  if (fh__run_loop() != 0) fh_log(FH_LOG_DEBUG, "loop closed with handles still open");
   fh_log(FH_LOG_INFO, "worker exits (%d)", W.exit_code);
   return W.exit_code;
 }
@@ -192,22 +209,13 @@ static void fh__on_check_boot(fh_gen *g, int ok, const char *err) {
 }
 
 int fh_worker_check(const char *app) {
-  fh_proc_set(&W.loop, -1, 0, 0);
-  W.app = app;
   setenv("FH_MODE", "check", 1);
-  uv_loop_init(&W.loop);
-  fh_sched_init(&W.loop);
-  fh_http_init();
-  fh_http_set_handler(fh__dispatch);
+  fh__start(app, -1, 0, 0);
   fh_gen *g = fh_gen_new(app, fh__on_check_boot);
   if (!g) return FH_EXIT_BOOT_FAILED;
-  uv_run(&W.loop, UV_RUN_DEFAULT);
-  uv_run(&W.loop, UV_RUN_DEFAULT);
-  uv_loop_close(&W.loop);
+  fh__run_loop();
   return fh__check_result;
 }
-
-void fh_worker_set_exit(int code) { W.exit_code = code; }
 
 static void fh__on_script_end(fh_gen *g, int ok, const char *err) {
   fh_gen_stop(g, fh__check_drained);
@@ -226,17 +234,10 @@ int fh_worker_script(const char *script, int argc, char **argv) {
   setenv("FH_RUN_ARGS", joined, 1);
   free(joined);
   setenv("FH_MODE", "run", 1);
-  fh_proc_set(&W.loop, 0, fh__env_int("NODE_ID", 0) & 0x1f, 0);
-  W.app = script;
   signal(SIGPIPE, SIG_IGN);
-  uv_loop_init(&W.loop);
-  fh_sched_init(&W.loop);
-  fh_http_init();
-  fh_http_set_handler(fh__dispatch);
+  fh__start(script, 0, fh__env_int("NODE_ID", 0) & 0x1f, 0);
   fh_gen *g = fh_gen_new(script, fh__on_script_end);
   if (!g) return 1;
-  uv_run(&W.loop, UV_RUN_DEFAULT);
-  uv_run(&W.loop, UV_RUN_DEFAULT);
-  uv_loop_close(&W.loop);
+  fh__run_loop();
   return W.exit_code;
 }
