@@ -43,21 +43,21 @@ static void fh_worker__finish(void) {
   uv_walk(&W.loop, fh_worker__close_walk, NULL);
 }
 
-static void fh_worker__gen_drained_free(fh_gen *g) {
-  fh_log(FH_LOG_DEBUG, "generation %d drained", fh_gen_id(g));
+static void fh_worker__gen_retired(fh_gen *g) {
+  fh_log(FH_LOG_DEBUG, "generation %d retired", fh_gen_id(g));
   fh_gen_free(g);
 }
 
-static void fh_worker__last_gen_drained(fh_gen *g) {
+static void fh_worker__last_gen_retired(fh_gen *g) {
   fh_gen_free(g);
-  if (W.booting) return; /* its own drain finishes the shutdown */
+  if (W.booting) return; /* its own retirement finishes the shutdown */
   fh_worker__finish();
 }
 
 static void fh_worker__http_drained(void) {
   fh_gen *g = fh_gen_current();
-  if (W.booting) fh_gen_stop(W.booting, fh_worker__last_gen_drained);
-  if (g) fh_gen_stop(g, fh_worker__last_gen_drained);
+  if (W.booting) fh_gen_stop(W.booting, fh_worker__last_gen_retired);
+  if (g) fh_gen_stop(g, fh_worker__last_gen_retired);
   else if (!W.booting) fh_worker__finish();
 }
 
@@ -81,15 +81,15 @@ static void fh_worker__on_reload_boot(fh_gen *g, int ok, const char *err) {
   W.booting = NULL;
   if (!ok) {
     fh_log(FH_LOG_ERROR, "reload refused, the running code keeps serving: %s", err ? err : "?");
-    fh_gen_stop(g, W.stopping ? fh_worker__last_gen_drained : fh_worker__gen_drained_free);
+    fh_gen_stop(g, W.stopping ? fh_worker__last_gen_retired : fh_worker__gen_retired);
     return;
   }
-  if (W.stopping) { fh_gen_stop(g, fh_worker__last_gen_drained); return; }
+  if (W.stopping) { fh_gen_stop(g, fh_worker__last_gen_retired); return; }
   fh_gen *old = fh_gen_current();
   fh_gen_set_current(g);
-  fh_log(FH_LOG_INFO, "reloaded: generation %d serves, generation %d drains (%d in flight)",
+  fh_log(FH_LOG_INFO, "reloaded: generation %d serves, generation %d retires (%d in flight)",
          fh_gen_id(g), old ? fh_gen_id(old) : 0, old ? fh_gen_inflight(old) : 0);
-  if (old) fh_gen_stop(old, fh_worker__gen_drained_free);
+  if (old) fh_gen_stop(old, fh_worker__gen_retired);
 }
 
 static void fh_worker__reload(void) {
@@ -143,7 +143,7 @@ static void fh_worker__on_first_boot(fh_gen *g, int ok, const char *err) {
     fh_log(FH_LOG_ERROR, "app failed to start: %s", err ? err : "?");
     W.exit_code = FH_EXIT_BOOT_FAILED;
     W.stopping = 1;
-    fh_gen_stop(g, fh_worker__last_gen_drained);
+    fh_gen_stop(g, fh_worker__last_gen_retired);
     return;
   }
   fh_gen_set_current(g);
@@ -202,11 +202,11 @@ void fh_worker_reload(void) { fh_worker__reload(); }
 
 /* --check: boot the app in check mode (load and validate, start nothing). */
 static int fh_worker__check_result = FH_EXIT_BOOT_FAILED;
-static void fh_worker__check_drained(fh_gen *g) { fh_gen_free(g); fh_worker__finish(); }
+static void fh_worker__check_retired(fh_gen *g) { fh_gen_free(g); fh_worker__finish(); }
 static void fh_worker__on_check_boot(fh_gen *g, int ok, const char *err) {
   if (ok) { fh_worker__check_result = 0; fprintf(stdout, "%s: ok\n", W.app); }
   else fprintf(stderr, "%s: %s\n", W.app, err ? err : "failed");
-  fh_gen_stop(g, fh_worker__check_drained);
+  fh_gen_stop(g, fh_worker__check_retired);
 }
 
 int fh_worker_check(const char *app) {
@@ -219,7 +219,7 @@ int fh_worker_check(const char *app) {
 }
 
 static void fh_worker__on_script_end(fh_gen *g, int ok, const char *err) {
-  fh_gen_stop(g, fh_worker__check_drained);
+  fh_gen_stop(g, fh_worker__check_retired);
 }
 
 int fh_worker_script(const char *script, int argc, char **argv) {
