@@ -14,6 +14,7 @@ typedef struct {
 
 /* Reads HTTP_MAX_HEADER, HTTP_MAX_BODY, HTTP_READ_TIMEOUT_MS, HTTP_IDLE_TIMEOUT_MS. */
 void fh_http_init(void);
+const fh_http_limits *fh_http_limits_get(void);
 
 /* What runs a complete request: the layer above (the worker) plugs it in at
  * start, so the server knows nothing of generations or tasks.  It hands c to
@@ -25,7 +26,6 @@ void fh_http_set_handler(fh_http_handler handler);
 /* Pushes the request of c as a table: method, path, query, headers, body,
  * listener.  Returns -1 (nothing pushed) if its target has no path. */
 int fh_http_push_request(lua_State *L, fh_conn *c);
-const fh_http_limits *fh_http_limits_get(void);
 
 /* Opens a SO_REUSEPORT listener (every worker binds the same port and the
  * kernel spreads connections).  `kind` names the route table ("public",
