@@ -54,12 +54,9 @@
 
 #define FH_VERSION "0.1.0"
 
-/* ---- process ---------------------------------------------------------- */
+/* ---- process (core/proc.c, a leaf) ------------------------------------ */
 
-uv_loop_t *fh_loop(void);
-int fh_worker_id(void);   /* 0..N-1 in a worker, -1 in the master */
-int fh_node_id(void);     /* NODE_ID, 0..31 */
-int fh_master_pid(void);  /* the supervising master, or this process when there is none */
+#include "proc.h" /* fh_loop, fh_worker_id, fh_node_id, fh_master_pid */
 
 /* ---- logging (core/log.c) --------------------------------------------- */
 

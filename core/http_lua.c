@@ -9,9 +9,9 @@
 
 #define FH_RESPONDER "flashhost.http.responder"
 
-typedef struct { fh_conn *c; } fh__responder;
+typedef struct { fh_conn *c; } fh_http_lua__responder;
 
-static const char *fh__status_text(int s) {
+static const char *fh_http_lua__status_text(int s) {
   switch (s) {
     case 200: return "OK"; case 201: return "Created"; case 202: return "Accepted";
     case 204: return "No Content"; case 301: return "Moved Permanently"; case 302: return "Found";
@@ -28,14 +28,14 @@ static const char *fh__status_text(int s) {
 }
 
 /* A header name or value must not smuggle a line break into the response. */
-static int fh__header_safe(const char *s, size_t n) {
+static int fh_http_lua__header_safe(const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) if (s[i] == '\r' || s[i] == '\n') return 0;
   return 1;
 }
 
-typedef struct { char *p; size_t len, cap; } fh__out;
+typedef struct { char *p; size_t len, cap; } fh_http_lua__out;
 
-static int fh__out_add(fh__out *o, const char *s, size_t n) {
+static int fh_http_lua__out_add(fh_http_lua__out *o, const char *s, size_t n) {
   if (o->len + n > o->cap) {
     size_t cap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n + 256;
     char *np = realloc(o->p, cap);
@@ -48,8 +48,8 @@ static int fh__out_add(fh__out *o, const char *s, size_t n) {
 }
 
 /* responder:send(status, headers, body) -> true | nil, err */
-static int l_send(lua_State *L) {
-  fh__responder *r = luaL_checkudata(L, 1, FH_RESPONDER);
+static int l_http_send(lua_State *L) {
+  fh_http_lua__responder *r = luaL_checkudata(L, 1, FH_RESPONDER);
   int status = (int)luaL_checkinteger(L, 2);
   luaL_argcheck(L, status >= 100 && status <= 999, 2, "bad status");
   size_t blen = 0;
@@ -58,12 +58,12 @@ static int l_send(lua_State *L) {
   fh_conn *c = r->c;
   r->c = NULL;
 
-  fh__out o = {malloc(blen + 512), 0, blen + 512};
+  fh_http_lua__out o = {malloc(blen + 512), 0, blen + 512};
   int ok = o.p != NULL;
   char line[160];
   int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\nServer: flashhost\r\n", status,
-                   fh__status_text(status));
-  ok = ok && fh__out_add(&o, line, (size_t)n) == 0;
+                   fh_http_lua__status_text(status));
+  ok = ok && fh_http_lua__out_add(&o, line, (size_t)n) == 0;
   int has_type = 0;
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
@@ -74,20 +74,20 @@ static int l_send(lua_State *L) {
         const char *k = lua_tolstring(L, -2, &kl);
         lua_pushvalue(L, -1);
         const char *v = lua_tolstring(L, -1, &vl);
-        if (fh__header_safe(k, kl) && fh__header_safe(v, vl)) {
+        if (fh_http_lua__header_safe(k, kl) && fh_http_lua__header_safe(v, vl)) {
           if (kl == 12 && strncasecmp(k, "content-type", 12) == 0) has_type = 1;
-          ok = fh__out_add(&o, k, kl) == 0 && fh__out_add(&o, ": ", 2) == 0 &&
-               fh__out_add(&o, v, vl) == 0 && fh__out_add(&o, "\r\n", 2) == 0;
+          ok = fh_http_lua__out_add(&o, k, kl) == 0 && fh_http_lua__out_add(&o, ": ", 2) == 0 &&
+               fh_http_lua__out_add(&o, v, vl) == 0 && fh_http_lua__out_add(&o, "\r\n", 2) == 0;
         }
         lua_pop(L, 1);
       }
       lua_pop(L, 1);
     }
   }
-  if (ok && !has_type) ok = fh__out_add(&o, "Content-Type: application/json\r\n", 32) == 0;
+  if (ok && !has_type) ok = fh_http_lua__out_add(&o, "Content-Type: application/json\r\n", 32) == 0;
   n = snprintf(line, sizeof line, "Content-Length: %zu\r\n%s\r\n", blen,
                fh_conn_closing_after(c) ? "Connection: close\r\n" : "");
-  ok = ok && fh__out_add(&o, line, (size_t)n) == 0 && fh__out_add(&o, body, blen) == 0;
+  ok = ok && fh_http_lua__out_add(&o, line, (size_t)n) == 0 && fh_http_lua__out_add(&o, body, blen) == 0;
   if (!ok) {
     free(o.p);
     fh_conn_release(c);
@@ -98,20 +98,21 @@ static int l_send(lua_State *L) {
   return 1;
 }
 
-static int l_gc(lua_State *L) {
-  fh__responder *r = luaL_checkudata(L, 1, FH_RESPONDER);
+static int l_http_responder_gc(lua_State *L) {
+  fh_http_lua__responder *r = luaL_checkudata(L, 1, FH_RESPONDER);
   if (r->c) { fh_conn_release(r->c); r->c = NULL; }
   return 0;
 }
 
 void fh_http_push_responder(lua_State *L, fh_conn *c) {
-  fh__responder *r = lua_newuserdata(L, sizeof *r);
+  fh_http_lua__responder *r = lua_newuserdata(L, sizeof *r);
   r->c = c;
+  fh_conn_hold(c);
   luaL_getmetatable(L, FH_RESPONDER);
   lua_setmetatable(L, -2);
 }
 
-static int l_limits(lua_State *L) {
+static int l_http_limits(lua_State *L) {
   const fh_http_limits *lim = fh_http_limits_get();
   lua_createtable(L, 0, 4);
   lua_pushnumber(L, (lua_Number)lim->max_header); lua_setfield(L, -2, "max_header");
@@ -122,9 +123,9 @@ static int l_limits(lua_State *L) {
 }
 
 int luaopen_flashhost_http(lua_State *L) {
-  static const luaL_Reg methods[] = {{"send", l_send}, {"__gc", l_gc}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"send", l_http_send}, {"__gc", l_http_responder_gc}, {NULL, NULL}};
   fh_new_class(L, FH_RESPONDER, methods);
-  static const luaL_Reg fns[] = {{"limits", l_limits}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"limits", l_http_limits}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int l_verify(lua_State *L) {
+static int l_jwt_verify(lua_State *L) {
   size_t tl, kl;
   const char *token = luaL_checklstring(L, 1, &tl);
   const char *key = luaL_checklstring(L, 2, &kl);
@@ -29,7 +29,7 @@ static int l_verify(lua_State *L) {
   return 1;
 }
 
-static int l_sign(lua_State *L) {
+static int l_jwt_sign(lua_State *L) {
   const char *claims = luaL_checkstring(L, 1);
   size_t kl;
   const char *key = luaL_checklstring(L, 2, &kl);
@@ -49,7 +49,7 @@ static int l_sign(lua_State *L) {
 }
 
 int luaopen_flashhost_jwt(lua_State *L) {
-  static const luaL_Reg fns[] = {{"verify_hs256", l_verify}, {"sign_hs256", l_sign}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"verify_hs256", l_jwt_verify}, {"sign_hs256", l_jwt_sign}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

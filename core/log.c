@@ -7,21 +7,21 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static int fh__min_level = FH_LOG_INFO;
-static const char *fh__names[] = {"debug", "info", "warn", "error"};
+static int fh_log__min_level = FH_LOG_INFO;
+static const char *fh_log__names[] = {"debug", "info", "warn", "error"};
 
 void fh_log_init(void) {
   const char *lv = getenv("LOG_LEVEL");
   if (!lv) return;
   for (int i = 0; i < 4; i++)
-    if (strcasecmp(lv, fh__names[i]) == 0) fh__min_level = i;
+    if (strcasecmp(lv, fh_log__names[i]) == 0) fh_log__min_level = i;
 }
 
-int fh_log_enabled(int level) { return level >= fh__min_level; }
-const char *fh_log_level_name(int level) { return fh__names[level < 0 || level > 3 ? 1 : level]; }
+int fh_log_enabled(int level) { return level >= fh_log__min_level; }
+const char *fh_log_level_name(int level) { return fh_log__names[level < 0 || level > 3 ? 1 : level]; }
 
 /* Appends `s` JSON-escaped; truncates silently at the buffer end. */
-static size_t fh__json_escape(char *dst, size_t cap, const char *s) {
+static size_t fh_log__json_escape(char *dst, size_t cap, const char *s) {
   size_t n = 0;
   for (; *s && n + 7 < cap; s++) {
     unsigned char c = (unsigned char)*s;
@@ -41,8 +41,8 @@ void fh_log(int level, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   int n = snprintf(line, sizeof line, "{\"ts\":%lld,\"level\":\"%s\",\"pid\":%d,\"worker\":%d,\"msg\":\"",
-                   (long long)fh_now_ms(), fh__names[level], (int)getpid(), fh_worker_id());
-  n += (int)fh__json_escape(line + n, sizeof line - (size_t)n - 4, msg);
+                   (long long)fh_now_ms(), fh_log__names[level], (int)getpid(), fh_worker_id());
+  n += (int)fh_log__json_escape(line + n, sizeof line - (size_t)n - 4, msg);
   line[n++] = '"'; line[n++] = '}'; line[n++] = '\n';
   /* One write() per line keeps lines from several workers unmixed. */
   ssize_t w = write(2, line, (size_t)n);

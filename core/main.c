@@ -6,7 +6,7 @@
 #include <unistd.h>
 #include <limits.h>
 
-static void usage(FILE *f) {
+static void fh_main__usage(FILE *f) {
   fprintf(f,
           "usage: flashhost [--workers N] [--watch] APP.lua\n"
           "       flashhost --check APP.lua\n"
@@ -33,11 +33,11 @@ int main(int argc, char **argv) {
       return fh_worker_script(argv[i + 1], argc - i - 2, argv + i + 2);
     }
     else if (!strcmp(a, "--version")) { printf("flashhost %s\n", FH_VERSION); return 0; }
-    else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-    else if (a[0] == '-' || app) { usage(stderr); return 64; }
+    else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fh_main__usage(stdout); return 0; }
+    else if (a[0] == '-' || app) { fh_main__usage(stderr); return 64; }
     else app = a;
   }
-  if (!app) { usage(stderr); return 64; }
+  if (!app) { fh_main__usage(stderr); return 64; }
   if (access(app, R_OK) != 0) { fprintf(stderr, "flashhost: cannot read %s\n", app); return 66; }
   fh_log_init();
   if (check) return fh_worker_check(app);

@@ -20,8 +20,8 @@
 
 #define FH_MAX_BUCKETS 32
 
-typedef struct { char *key; int val; } fh__slot;
-typedef struct { fh__slot *slots; size_t cap, len; } fh__map;
+typedef struct { char *key; int val; } fh_metrics__slot;
+typedef struct { fh_metrics__slot *slots; size_t cap, len; } fh_metrics__map;
 
 typedef struct {
   char *name, *help, *kind;
@@ -29,36 +29,37 @@ typedef struct {
   int nbuckets;
   int *samples;
   size_t nsamples, capsamples;
-} fh__family;
+} fh_metrics__family;
 
-static fh__map fh__series, fh__hists, fh__fams;
-static char **fh__names;
-static double *fh__values;
-static size_t fh__n, fh__cap;
-static fh__family *fh__families;
-static size_t fh__nfam, fh__capfam;
+static fh_metrics__map fh_metrics__series, fh_metrics__hists, fh_metrics__fams;
+static char **fh_metrics__names;
+static double *fh_metrics__values;
+static size_t fh_metrics__n, fh_metrics__cap;
+static fh_metrics__family *fh_metrics__families;
+static size_t fh_metrics__nfam, fh_metrics__capfam;
 
-static uint64_t fh__hash(const char *s) {
+static uint64_t fh_metrics__hash(const char *s) {
   uint64_t h = 1469598103934665603ULL;
   while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
   return h;
 }
 
-static int fh__map_get(fh__map *m, const char *key) {
+static int fh_metrics__map_get(fh_metrics__map *m, const char *key) {
   if (!m->cap) return -1;
-  for (size_t i = fh__hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+  for (size_t i = fh_metrics__hash(key) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
     if (!m->slots[i].key) return -1;
     if (strcmp(m->slots[i].key, key) == 0) return m->slots[i].val;
   }
 }
 
-static void fh__map_put(fh__map *m, const char *key, int val) {
+static void fh_metrics__map_put(fh_metrics__map *m, const char *key, int val) {
   if ((m->len + 1) * 2 > m->cap) {
-    fh__map grown = {calloc(m->cap ? m->cap * 2 : 64, sizeof(fh__slot)), m->cap ? m->cap * 2 : 64, 0};
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    fh_metrics__map grown = {calloc(cap, sizeof(fh_metrics__slot)), cap, 0};
     if (!grown.slots) abort();
     for (size_t i = 0; i < m->cap; i++)
       if (m->slots[i].key) {
-        size_t j = fh__hash(m->slots[i].key) & (grown.cap - 1);
+        size_t j = fh_metrics__hash(m->slots[i].key) & (grown.cap - 1);
         while (grown.slots[j].key) j = (j + 1) & (grown.cap - 1);
         grown.slots[j] = m->slots[i];
         grown.len++;
@@ -66,56 +67,57 @@ static void fh__map_put(fh__map *m, const char *key, int val) {
     free(m->slots);
     *m = grown;
   }
-  size_t i = fh__hash(key) & (m->cap - 1);
+  size_t i = fh_metrics__hash(key) & (m->cap - 1);
   while (m->slots[i].key) i = (i + 1) & (m->cap - 1);
   m->slots[i].key = strdup(key);
   m->slots[i].val = val;
   m->len++;
 }
 
-static fh__family *fh__family_get(lua_State *L, const char *name) {
-  int f = fh__map_get(&fh__fams, name);
+static fh_metrics__family *fh_metrics__family_get(lua_State *L, const char *name) {
+  int f = fh_metrics__map_get(&fh_metrics__fams, name);
   if (f < 0) luaL_error(L, "metric %s is not defined", name);
-  return &fh__families[f];
+  return &fh_metrics__families[f];
 }
 
 /* New sample in family f, value 0; returns its index. */
-static int fh__sample_new(fh__family *f, const char *series) {
-  if (fh__n == fh__cap) {
-    fh__cap = fh__cap ? fh__cap * 2 : 256;
-    fh__names = realloc(fh__names, fh__cap * sizeof *fh__names);
-    fh__values = realloc(fh__values, fh__cap * sizeof *fh__values);
-    if (!fh__names || !fh__values) abort();
+static int fh_metrics__sample_new(fh_metrics__family *f, const char *series) {
+  if (fh_metrics__n == fh_metrics__cap) {
+    fh_metrics__cap = fh_metrics__cap ? fh_metrics__cap * 2 : 256;
+    fh_metrics__names = realloc(fh_metrics__names, fh_metrics__cap * sizeof *fh_metrics__names);
+    fh_metrics__values = realloc(fh_metrics__values, fh_metrics__cap * sizeof *fh_metrics__values);
+    if (!fh_metrics__names || !fh_metrics__values) abort();
   }
-  int idx = (int)fh__n++;
-  fh__names[idx] = strdup(series);
-  fh__values[idx] = 0;
+  int idx = (int)fh_metrics__n++;
+  fh_metrics__names[idx] = strdup(series);
+  fh_metrics__values[idx] = 0;
   if (f->nsamples == f->capsamples) {
     f->capsamples = f->capsamples ? f->capsamples * 2 : 8;
     f->samples = realloc(f->samples, f->capsamples * sizeof *f->samples);
     if (!f->samples) abort();
   }
   f->samples[f->nsamples++] = idx;
-  fh__map_put(&fh__series, series, idx);
+  fh_metrics__map_put(&fh_metrics__series, series, idx);
   return idx;
 }
 
 /* define(name, kind, help [, buckets]) — idempotent across reloads */
-static int l_define(lua_State *L) {
+static int l_metrics_define(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const char *kind = luaL_checkstring(L, 2);
   const char *help = luaL_optstring(L, 3, name);
-  int f = fh__map_get(&fh__fams, name);
+  int f = fh_metrics__map_get(&fh_metrics__fams, name);
   if (f >= 0) {
-    if (strcmp(fh__families[f].kind, kind) != 0) return luaL_error(L, "metric %s is a %s", name, fh__families[f].kind);
+    const char *had = fh_metrics__families[f].kind;
+    if (strcmp(had, kind) != 0) return luaL_error(L, "metric %s is a %s", name, had);
     return 0;
   }
-  if (fh__nfam == fh__capfam) {
-    fh__capfam = fh__capfam ? fh__capfam * 2 : 32;
-    fh__families = realloc(fh__families, fh__capfam * sizeof *fh__families);
-    if (!fh__families) abort();
+  if (fh_metrics__nfam == fh_metrics__capfam) {
+    fh_metrics__capfam = fh_metrics__capfam ? fh_metrics__capfam * 2 : 32;
+    fh_metrics__families = realloc(fh_metrics__families, fh_metrics__capfam * sizeof *fh_metrics__families);
+    if (!fh_metrics__families) abort();
   }
-  fh__family *fam = &fh__families[fh__nfam];
+  fh_metrics__family *fam = &fh_metrics__families[fh_metrics__nfam];
   memset(fam, 0, sizeof *fam);
   fam->name = strdup(name);
   fam->kind = strdup(kind);
@@ -130,11 +132,11 @@ static int l_define(lua_State *L) {
     }
     fam->nbuckets = n;
   }
-  fh__map_put(&fh__fams, name, (int)fh__nfam++);
+  fh_metrics__map_put(&fh_metrics__fams, name, (int)fh_metrics__nfam++);
   return 0;
 }
 
-static char *fh__series_name(char *buf, size_t cap, const char *name, const char *suffix,
+static char *fh_metrics__series_name(char *buf, size_t cap, const char *name, const char *suffix,
                              const char *labels, const char *extra) {
   int has = labels && *labels, hx = extra && *extra;
   if (has || hx)
@@ -145,93 +147,96 @@ static char *fh__series_name(char *buf, size_t cap, const char *name, const char
 }
 
 /* add(name, labels, v) for counters and gauges; set(name, labels, v) for gauges */
-static int fh__update(lua_State *L, int set) {
+static int fh_metrics__update(lua_State *L, int set) {
   const char *name = luaL_checkstring(L, 1);
   const char *labels = luaL_optstring(L, 2, "");
   double v = luaL_optnumber(L, 3, 1);
   char series[1024];
-  fh__series_name(series, sizeof series, name, "", labels, NULL);
-  int idx = fh__map_get(&fh__series, series);
-  if (idx < 0) idx = fh__sample_new(fh__family_get(L, name), series);
-  fh__values[idx] = set ? v : fh__values[idx] + v;
+  fh_metrics__series_name(series, sizeof series, name, "", labels, NULL);
+  int idx = fh_metrics__map_get(&fh_metrics__series, series);
+  if (idx < 0) idx = fh_metrics__sample_new(fh_metrics__family_get(L, name), series);
+  fh_metrics__values[idx] = set ? v : fh_metrics__values[idx] + v;
   return 0;
 }
-static int l_add(lua_State *L) { return fh__update(L, 0); }
-static int l_set(lua_State *L) { return fh__update(L, 1); }
+static int l_metrics_add(lua_State *L) { return fh_metrics__update(L, 0); }
+static int l_metrics_set(lua_State *L) { return fh_metrics__update(L, 1); }
 
-static void fh__fmt_le(char *buf, size_t cap, double le) {
+static void fh_metrics__fmt_le(char *buf, size_t cap, double le) {
   snprintf(buf, cap, "le=\"%.6g\"", le);
 }
 
 /* observe(name, labels, v) for histograms */
-static int l_observe(lua_State *L) {
+static int l_metrics_observe(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const char *labels = luaL_optstring(L, 2, "");
   double v = luaL_checknumber(L, 3);
   char key[1024];
   snprintf(key, sizeof key, "%s|%s", name, labels);
-  int first = fh__map_get(&fh__hists, key);
-  fh__family *f = NULL;
+  int first = fh_metrics__map_get(&fh_metrics__hists, key);
+  fh_metrics__family *f = NULL;
   if (first < 0) {
-    f = fh__family_get(L, name);
+    f = fh_metrics__family_get(L, name);
     char series[1024], le[64];
     for (int i = 0; i < f->nbuckets; i++) {
-      fh__fmt_le(le, sizeof le, f->buckets[i]);
-      int idx = fh__sample_new(f, fh__series_name(series, sizeof series, name, "_bucket", labels, le));
+      fh_metrics__fmt_le(le, sizeof le, f->buckets[i]);
+      fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, le);
+      int idx = fh_metrics__sample_new(f, series);
       if (i == 0) first = idx;
     }
-    int inf = fh__sample_new(f, fh__series_name(series, sizeof series, name, "_bucket", labels, "le=\"+Inf\""));
+    fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, "le=\"+Inf\"");
+    int inf = fh_metrics__sample_new(f, series);
     if (first < 0) first = inf;
-    fh__sample_new(f, fh__series_name(series, sizeof series, name, "_sum", labels, NULL));
-    fh__sample_new(f, fh__series_name(series, sizeof series, name, "_count", labels, NULL));
-    fh__map_put(&fh__hists, key, first);
+    fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_sum", labels, NULL));
+    fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_count", labels, NULL));
+    fh_metrics__map_put(&fh_metrics__hists, key, first);
   } else {
-    f = fh__family_get(L, name);
+    f = fh_metrics__family_get(L, name);
   }
   /* samples of one instance are consecutive: buckets, +Inf, sum, count */
   for (int i = 0; i < f->nbuckets; i++)
-    if (v <= f->buckets[i]) fh__values[first + i] += 1;
-  fh__values[first + f->nbuckets] += 1;
-  fh__values[first + f->nbuckets + 1] += v;
-  fh__values[first + f->nbuckets + 2] += 1;
+    if (v <= f->buckets[i]) fh_metrics__values[first + i] += 1;
+  fh_metrics__values[first + f->nbuckets] += 1;
+  fh_metrics__values[first + f->nbuckets + 1] += v;
+  fh_metrics__values[first + f->nbuckets + 2] += 1;
   return 0;
 }
 
 /* carry(text) once per process; carried() -> that text, or nil before. */
-static char *fh__carried;
-static size_t fh__carried_len;
+static char *fh_metrics__carried;
+static size_t fh_metrics__carried_len;
 
-static int l_carry(lua_State *L) {
+static int l_metrics_carry(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   char *copy = malloc(n + 1);
   if (!copy) return luaL_error(L, "out of memory");
   memcpy(copy, s, n + 1);
-  free(fh__carried);
-  fh__carried = copy;
-  fh__carried_len = n;
+  free(fh_metrics__carried);
+  fh_metrics__carried = copy;
+  fh_metrics__carried_len = n;
   return 0;
 }
 
-static int l_carried(lua_State *L) {
-  if (fh__carried) lua_pushlstring(L, fh__carried, fh__carried_len);
+static int l_metrics_carried(lua_State *L) {
+  if (fh_metrics__carried) lua_pushlstring(L, fh_metrics__carried, fh_metrics__carried_len);
   else lua_pushnil(L);
   return 1;
 }
 
 /* render() -> Prometheus text of this process */
-static int l_render(lua_State *L) {
+static int l_metrics_render(lua_State *L) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   char line[1400];
-  for (size_t fi = 0; fi < fh__nfam; fi++) {
-    fh__family *f = &fh__families[fi];
+  for (size_t fi = 0; fi < fh_metrics__nfam; fi++) {
+    fh_metrics__family *f = &fh_metrics__families[fi];
     snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->kind);
     luaL_addstring(&b, line);
     for (size_t i = 0; i < f->nsamples; i++) {
-      double v = fh__values[f->samples[i]];
-      if (v == floor(v) && fabs(v) < 1e15) snprintf(line, sizeof line, "%s %.0f\n", fh__names[f->samples[i]], v);
-      else snprintf(line, sizeof line, "%s %.9g\n", fh__names[f->samples[i]], v);
+      double v = fh_metrics__values[f->samples[i]];
+      const char *series = fh_metrics__names[f->samples[i]];
+      if (v == floor(v) && fabs(v) < 1e15) snprintf(line, sizeof line, "%s %.0f\n", series, v);
+      else snprintf(line, sizeof line, "%s %.9g\n", series, v);
       luaL_addstring(&b, line);
     }
   }
@@ -240,9 +245,10 @@ static int l_render(lua_State *L) {
 }
 
 int luaopen_flashhost_metrics_store(lua_State *L) {
-  static const luaL_Reg fns[] = {{"define", l_define}, {"add", l_add}, {"set", l_set},
-                                 {"observe", l_observe}, {"render", l_render}, {"carry", l_carry},
-                                 {"carried", l_carried}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+    {"define", l_metrics_define}, {"add", l_metrics_add}, {"set", l_metrics_set},
+    {"observe", l_metrics_observe}, {"render", l_metrics_render}, {"carry", l_metrics_carry},
+    {"carried", l_metrics_carried}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

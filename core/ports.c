@@ -32,12 +32,12 @@ void fh_ports_get(fh_ports *p) {
   p->admin_port = (v = getenv("ADMIN_PORT")) && *v ? atoi(v) : 9145;
 }
 
-static char fh__held[2][300]; /* lock files to remove at a clean exit */
-static int fh__nheld;
+static char fh_ports__held[2][300]; /* lock files to remove at a clean exit */
+static int fh_ports__nheld;
 
 /* Whether fd is still the file at path: a holder that exits removes its lock
  * file, and a lock taken on the removed file would guard nothing. */
-static int fh__same_file(int fd, const char *path) {
+static int fh_ports__same_file(int fd, const char *path) {
   struct stat a, b;
   return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
@@ -45,7 +45,7 @@ static int fh__same_file(int fd, const char *path) {
 /* Takes the lock of `port`; the descriptor stays open (and locked) until the
  * process ends.  CLOEXEC keeps it out of the workers: a worker left draining
  * after its master died must not keep the next master out. */
-static int fh__lock(const char *var, int port) {
+static int fh_ports__lock(const char *var, int port) {
   const char *dir = getenv("FH_LOCK_DIR");
   char path[300];
   snprintf(path, sizeof path, "%s/flashhost-port-%d.lock", dir && *dir ? dir : "/tmp", port);
@@ -57,7 +57,7 @@ static int fh__lock(const char *var, int port) {
       return -1;
     }
     locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
-    if (!locked || fh__same_file(fd, path)) break;
+    if (!locked || fh_ports__same_file(fd, path)) break;
     close(fd); /* its holder removed it on the way out: take the new one */
     fd = -1;
   }
@@ -78,19 +78,19 @@ static int fh__lock(const char *var, int port) {
   char pid[32];
   int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
   if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {} /* only informative */
-  snprintf(fh__held[fh__nheld++], sizeof fh__held[0], "%s", path);
+  snprintf(fh_ports__held[fh_ports__nheld++], sizeof fh_ports__held[0], "%s", path);
   return 0;
 }
 
 void fh_ports_release(void) {
   /* removed while still locked (the lock goes with the process), so a
    * master that opened the old file sees it replaced and retries */
-  for (int i = 0; i < fh__nheld; i++) unlink(fh__held[i]);
-  fh__nheld = 0;
+  for (int i = 0; i < fh_ports__nheld; i++) unlink(fh_ports__held[i]);
+  fh_ports__nheld = 0;
 }
 
 /* A bind without SO_REUSEPORT fails while any socket listens on the port. */
-static int fh__probe(const char *var, const char *host, int port) {
+static int fh_ports__probe(const char *var, const char *host, int port) {
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
     fh_log(FH_LOG_ERROR, "cannot listen on %s:%d: not an IPv4 address", host, port);
@@ -116,9 +116,10 @@ static int fh__probe(const char *var, const char *host, int port) {
 int fh_ports_claim(void) {
   fh_ports p;
   fh_ports_get(&p);
-  if ((p.port > 0 && (fh__lock("PORT", p.port) != 0 || fh__probe("PORT", p.host, p.port) != 0)) ||
-      (p.admin_port > 0 && p.admin_port != p.port &&
-       (fh__lock("ADMIN_PORT", p.admin_port) != 0 || fh__probe("ADMIN_PORT", p.admin_host, p.admin_port) != 0))) {
+  int admin = p.admin_port > 0 && p.admin_port != p.port;
+  if ((p.port > 0 && (fh_ports__lock("PORT", p.port) != 0 || fh_ports__probe("PORT", p.host, p.port) != 0)) ||
+      (admin && (fh_ports__lock("ADMIN_PORT", p.admin_port) != 0 ||
+                 fh_ports__probe("ADMIN_PORT", p.admin_host, p.admin_port) != 0))) {
     fh_ports_release();
     return -1;
   }

@@ -11,7 +11,6 @@ int fh_worker_run(const char *app, int id, int has_master);
 int fh_worker_check(const char *app);
 /* --run SCRIPT: one task, no listeners; returns the script's exit code. */
 int fh_worker_script(const char *script, int argc, char **argv);
-void fh_worker_set_exit(int code);
 void fh_worker_reload(void);
 int fh_master_run(const char *self, const char *app, int nworkers, int watch);
 
