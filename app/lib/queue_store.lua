@@ -3,7 +3,6 @@
 -- Every call answers the decoded JSON answer, or nil, kind, detail as
 -- lib/stock.lua does ("unavailable": Redis could not be asked; "error": it
 -- refused, a bug).
-local cjson = require "cjson.safe"
 local stock = require "lib.stock"
 
 local M = {}
