@@ -194,7 +194,7 @@ describe("live sale page", function()
     local url = ("http://127.0.0.1:%d/"):format(app.admin)
     -- wrk in the background: every request a new buyer of this SKU
     local out = os.tmpname()
-    local p = io.popen(("cd %s && SKUS=%s wrk -t1 -c2 -d12s -s bench/wrk/purchase.lua http://127.0.0.1:%d >%s 2>&1 & echo $!")
+    local p = io.popen(("cd %s && SKUS=%s wrk -t1 -c2 -d40s -s bench/wrk/purchase.lua http://127.0.0.1:%d >%s 2>&1 & echo $!")
       :format(T.q(T.ROOT), sku, app.port, T.q(out)))
     local wrk_pid = tonumber(p:read("*l"))
     p:close()
@@ -208,7 +208,9 @@ describe("live sale page", function()
       -- page's timers run on virtual time, so its samples may be only a few
       -- real milliseconds apart: a render without a rate yet is tried again.
       local rc, dom, cells
-      for _ = 1, 3 do
+      -- (a headless Chromium takes seconds to start on a busy machine: the load
+      -- lasts long enough for five renders and a screenshot, and is stopped below)
+      for _ = 1, 5 do
         rc, dom = chromium(url, "--dump-dom")
         assert.are.equal(0, rc)
         cells = row_of(dom, sku)
@@ -235,7 +237,7 @@ describe("live sale page", function()
       assert.is_true(#data > 15000, "screenshot of " .. #data .. " bytes")
       assert(os.rename(png, SCREENSHOT))
     end)
-    -- enough load: wrk stops on SIGINT and prints its summary (-d12s bounds it anyway)
+    -- enough load: wrk stops on SIGINT and prints its summary (-d40s bounds it anyway)
     T.signal(wrk_pid, "INT")
     T.wait_for("wrk to finish", function() return not T.alive(wrk_pid) end, 40)
     local text = read(out) or ""
