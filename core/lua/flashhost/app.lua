@@ -55,6 +55,7 @@ function M.new(name)
     name = name or "app",
     routes = { public = {}, admin = {} },
     exact = { public = {}, admin = {} },
+    memo = { public = {}, admin = {} }, memo_size = 0,
     starts = {}, stops = {}, readies = {}, validators = {}, tasks = {}, filters = {}, observers = {},
   }, App)
 end
@@ -146,11 +147,40 @@ function App:stop(ctx)
   end
 end
 
+-- Paths that matched a route with parameters, remembered per listener: a hot
+-- route such as a waiting room's status poll is then one table lookup instead
+-- of a walk over every route.  Bounded: the memo starts afresh past MAX_MEMO.
+local MAX_MEMO = 4096
+
 -- Returns the route ({ fn, path }) and its params, or nil and whether the
 -- path exists for another method (405 rather than 404).
 function App:match(listener, method, path)
-  local exact = self.exact[listener][method .. " " .. path]
+  local key = method .. " " .. path
+  local exact = self.exact[listener][key]
   if exact then return exact, {} end
+  local memo = self.memo[listener]
+  local hit = memo[key]
+  if hit then
+    local params = {}
+    for k, v in pairs(hit.params) do params[k] = v end -- the handler's own copy
+    return hit.route, params
+  end
+  local r, params = self:walk(listener, method, path)
+  if r then
+    if self.memo_size >= MAX_MEMO then
+      self.memo = { public = {}, admin = {} }
+      self.memo_size = 0
+      memo = self.memo[listener]
+    end
+    local kept = {}
+    for k, v in pairs(params) do kept[k] = v end
+    memo[key] = { route = r, params = kept }
+    self.memo_size = self.memo_size + 1
+  end
+  return r, params
+end
+
+function App:walk(listener, method, path)
   local segs = split_path(path)
   local path_known = false
   for _, r in ipairs(self.routes[listener]) do
