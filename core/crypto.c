@@ -12,7 +12,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
-static int fh__hmac(lua_State *L, unsigned char *out) {
+static int fh_crypto__hmac(lua_State *L, unsigned char *out) {
   size_t kl, ml;
   const char *key = luaL_checklstring(L, 1, &kl);
   const char *msg = luaL_checklstring(L, 2, &ml);
@@ -26,7 +26,7 @@ static int fh__hmac(lua_State *L, unsigned char *out) {
 
 static int fh_crypto_hmac_sha256(lua_State *L) {
   unsigned char mac[32];
-  fh__hmac(L, mac);
+  fh_crypto__hmac(L, mac);
   lua_pushlstring(L, (const char *)mac, sizeof mac);
   return 1;
 }
@@ -35,7 +35,7 @@ static int fh_crypto_hmac_sha256_hex(lua_State *L) {
   static const char digits[] = "0123456789abcdef";
   unsigned char mac[32];
   char hex[64];
-  fh__hmac(L, mac);
+  fh_crypto__hmac(L, mac);
   for (int i = 0; i < 32; i++) {
     hex[2 * i] = digits[mac[i] >> 4];
     hex[2 * i + 1] = digits[mac[i] & 15];
