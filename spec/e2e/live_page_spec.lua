@@ -246,13 +246,19 @@ describe("live sale page", function()
     local res = {}
     for k, v in (text:match("RESULT (.-)\n") or ""):gmatch("([%w_]+)=([%d%.]+)") do res[k] = tonumber(v) end
     assert.is_true((res.s200 or 0) > 0, text)
-    assert.are.equal(res.total, res.s200, text)
+    -- Every answer is a purchase, or, rarely, a 503: the browsers beside the
+    -- load write to the same disk, and an append-only-file fsync that stalls
+    -- Redis past the client's deadline is answered 503 (a retry is safe)
+    assert.are.equal(res.total, res.s200 + res.s503, text)
+    assert.is_true(res.s503 <= res.total / 100, text)
 
     -- after the load: the page shows what the API says
     local s, st = T.json(app.port, "GET", "/api/v1/flash/skus/" .. sku)
     assert.are.equal(200, s)
-    -- wrk drops the answers still in flight when its time is up (at most one per connection)
-    assert.is_true(st.reserved >= res.s200 and st.reserved <= res.s200 + 2, ("%d reserved, %d answered 200"):format(st.reserved, res.s200))
+    -- wrk drops the answers still in flight when its time is up (at most one per
+    -- connection), and a purchase answered 503 after its deadline may have reserved
+    assert.is_true(st.reserved >= res.s200 and st.reserved <= res.s200 + 2 + res.s503,
+      ("%d reserved, %d answered 200, %d answered 503"):format(st.reserved, res.s200, res.s503))
     local rc, dom = chromium(url, "--dump-dom")
     assert.are.equal(0, rc)
     local cells = row_of(dom, sku)
