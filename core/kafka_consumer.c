@@ -480,6 +480,16 @@ static int l_kafka_consumer_poll(lua_State *L) {
   int ms = fh_kafka_check_ms(L, 3, 1000);
   luaL_argcheck(L, max >= 1 && max <= INT32_MAX, 2, "max must be >= 1");
   fh_kafka_consumer__poll_queue(&c->kc);
+  /* A fatal error (fenced by another consumer with our group.instance.id,
+   * say) ends this handle for good: every poll answers it, not only the one
+   * that happened to follow it, so the caller can replace the handle.  Its
+   * buffered messages can no longer be committed; the group gives them to
+   * the next owner again. */
+  char why[512];
+  if (rd_kafka_fatal_error(c->kc.rk, why, sizeof why) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return fh_push_fail(L, fh_kafka_kind(RD_KAFKA_RESP_ERR__FATAL), "%s",
+                        fh_kafka_errstr(c->kc.rk, RD_KAFKA_RESP_ERR__FATAL, why, sizeof why));
+  }
   if (c->len > 0 && !fh_waitq_head(&c->poll_waits)) {
     fh_kafka_consumer__push_messages(L, c, (int)max);
     return 1;
