@@ -185,8 +185,21 @@ end
 
 local function consume(ctx)
   while not core.stopping() do
-    local msgs, err = ctx.consumer:poll(BATCH, 200)
-    if not msgs then
+    local msgs, err, kind = ctx.consumer:poll(BATCH, 200)
+    if not msgs and kind == "_FATAL" then
+      -- librdkafka gives up on this handle for good, e.g. when another consumer
+      -- joined under our group.instance.id and fenced us.  A new handle joins
+      -- the group again (and fences that one in turn, if it is still there).
+      ctx.log.error("kafka consumer failed for good; starting a new one", { err = err })
+      ctx.consumer:close()
+      ctx.consumer = nil
+      while not ctx.consumer and timer.sleep(1000) do
+        local c, cerr = ctx.new_consumer()
+        if not c then ctx.log.error("cannot start a kafka consumer", { err = cerr }) end
+        ctx.consumer = c
+      end
+      if not ctx.consumer then break end
+    elseif not msgs then
       ctx.log.warn("poll failed", { err = err })
       if not timer.sleep(500) then break end
     elseif #msgs > 0 then
@@ -196,7 +209,7 @@ local function consume(ctx)
     end
   end
   -- This task owns the clients: the generation drains once they are closed.
-  ctx.consumer:close()
+  if ctx.consumer then ctx.consumer:close() end
   ctx.producer:close()
   ctx.db:close()
 end
@@ -212,13 +225,16 @@ app:every(1000, "consumer-lag", function(ctx)
 end)
 
 app:on_start(function(ctx)
-  ctx.db = mysql.pool { database = os.getenv("MYSQL_DATABASE") or "flash_sale" }
+  ctx.db = mysql.pool { database = services.database() }
   ctx.producer = kafka.producer { brokers = brokers() }
   local group = os.getenv("ORDER_GROUP") or "order-workers"
-  ctx.consumer = kafka.consumer {
-    brokers = brokers(), group = group, topics = { "reservations" },
-    instance_id = instance_id(group), config = { ["session.timeout.ms"] = SESSION_MS },
-  }
+  ctx.new_consumer = function()
+    return kafka.consumer {
+      brokers = brokers(), group = group, topics = { "reservations" },
+      instance_id = instance_id(group), config = { ["session.timeout.ms"] = SESSION_MS },
+    }
+  end
+  ctx.consumer = ctx.new_consumer()
   ctx.dependencies = {
     mysql = function()
       local r, err = ctx.db:query("SELECT 1 AS ok")

@@ -251,6 +251,24 @@ describe("order pipeline", function()
     assert.is_true(recovery < 10, ("last row %.1f s after a clean restart"):format(recovery))
   end)
 
+  it("gets a fenced order worker going again once the consumer that fenced it is gone", function()
+    local sku = new_sale { stock = 20 }
+    for _ = 1, 3 do assert.are.equal(200, (buy(sku))) end
+    wait_orders(sku, 3, "PENDING")
+    -- a second worker with the same node, host and worker id asks for the same
+    -- group.instance.id: joining, it fences the running one
+    local intruder = start_worker()
+    local ok, err = pcall(T.wait_for, "the running worker to be fenced and start a new consumer", function()
+      return T.read_log(worker):find("kafka consumer failed for good", 1, true)
+    end, 60)
+    T.stop(intruder)
+    assert(ok, err)
+    for _ = 1, 3 do assert.are.equal(200, (buy(sku))) end
+    wait_orders(sku, 6, "PENDING", 60)
+    local rok, rout = reconcile(sku)
+    assert.is_true(rok, rout)
+  end)
+
   it("keeps selling while Kafka is down and delivers every order after", function()
     local sku = new_sale { stock = 100 }
     sh("scripts/stack down kafka")
