@@ -54,7 +54,7 @@ app:on_start(function(ctx)
   }
   ctx.index_by_host = not with_index
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
-  ctx.db = mysql.pool { size = 2, database = os.getenv("MYSQL_DATABASE") or "flash_sale" }
+  ctx.db = mysql.pool { size = 2, database = services.database() }
   ctx.dependencies = {
     redis = services.redis_check(ctx.redis),
     mysql = function()
@@ -182,8 +182,7 @@ shared = {
 }
 
 orders.routes(app, {
-  rules = rules, sold_out = sold_out,
-  auth = function(req, user) return auth.require_user(auth_cfg, req, user, jwt.verify_hs256, core.now()) end,
+  rules = rules, sold_out = sold_out, auth = shared.auth,
   subject = function(req) return auth.subject(auth_cfg, req, jwt.verify_hs256, core.now()) end,
 })
 admin.routes(app, shared)

@@ -15,7 +15,7 @@ local r = redis.connect { url = os.getenv("REDIS_URL"), timeout_ms = 30000 }
 local ok, err = r:wait_ready(3000)
 if not ok then io.stderr:write("reconcile: redis: ", tostring(err), "\n") os.exit(2) end
 stock.register(r, services.scripts_dir())
-local db = os.getenv("RECONCILE_MYSQL") ~= "off" and mysql.pool { size = 1, database = os.getenv("MYSQL_DATABASE") or "flash_sale" } or nil
+local db = os.getenv("RECONCILE_MYSQL") ~= "off" and mysql.pool { size = 1, database = services.database() } or nil
 
 local skus = { ... }
 if #skus == 0 then

@@ -97,10 +97,8 @@ function M.install(app, opts)
     if not ctx.redis then return true end
     local ok, err = ctx.redis:wait_ready(ms)
     if not ok then return nil, "redis: " .. tostring(err) end
-    if ctx.redis.load_functions then
-      ok, err = ctx.redis:load_functions()
-      if not ok then return nil, "redis functions: " .. tostring(err) end
-    end
+    ok, err = ctx.redis:load_functions()
+    if not ok then return nil, "redis functions: " .. tostring(err) end
     return true
   end)
 
@@ -146,5 +144,9 @@ function M.redis_check(r)
 end
 
 function M.now() return core.now() end
+
+-- The project's MySQL database: MYSQL_DATABASE, else flash_sale (the runtime
+-- itself has no default; every app and script of the project passes this).
+function M.database() return os.getenv("MYSQL_DATABASE") or "flash_sale" end
 
 return M
