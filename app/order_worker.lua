@@ -41,13 +41,20 @@ local function instance_id(group)
   return ("%s.%s.%s.n%d.w%d"):format(group, app.name, info.hostname or "host", info.node_id, info.worker_id)
 end
 
+-- Events per multi-row statement: a polled batch of purchase-batch messages
+-- holds thousands of events, more than one statement's parameters (and a Lua
+-- unpack) can carry.
+local CHUNK = 500
+
 -- Applies decoded events in one transaction: true | nil, err, kind
 local function apply(ctx, evs)
-  local stmts = events.statements(evs)
   return ctx.db:transaction(function(tx)
-    for _, st in ipairs(stmts) do
-      local res, err, kind = tx:query(st[1], unpack(st[2]))
-      if not res then return nil, err, kind end
+    for first = 1, #evs, CHUNK do
+      local part = #evs <= CHUNK and evs or { unpack(evs, first, math.min(#evs, first + CHUNK - 1)) }
+      for _, st in ipairs(events.statements(part)) do
+        local res, err, kind = tx:query(st[1], unpack(st[2]))
+        if not res then return nil, err, kind end
+      end
     end
     return true
   end)
@@ -99,16 +106,25 @@ local function dead_letter(ctx, msg, reason)
   return dead_letter_all(ctx, { { msg = msg, why = reason } })
 end
 
--- Applies one message alone (used to find the poison in a failing batch).
-local function apply_one(ctx, msg, ev)
-  for attempt = 1, MAX_ATTEMPTS do
-    local ok, err, kind = apply(ctx, { ev })
-    if ok then return true end
-    if connection_error(kind) then return nil, err end
-    ctx.log.warn("event refused by the database", { attempt = attempt, err = err, event = ev.eventId })
-    if attempt == MAX_ATTEMPTS then return dead_letter(ctx, msg, err) end
-    timer.sleep(100 * attempt)
+-- Applies the events of one message alone (used to find the poison in a
+-- failing batch): each event on its own, so the good ones of a message land;
+-- a message with an event the database keeps refusing is dead-lettered once,
+-- whole (its other events, already applied, change nothing when replayed).
+-- Returns true when done, nil, err when the database went away meanwhile.
+local function apply_one(ctx, msg, evs)
+  local refused
+  for _, ev in ipairs(evs) do
+    for attempt = 1, MAX_ATTEMPTS do
+      local ok, err, kind = apply(ctx, { ev })
+      if ok then break end
+      if connection_error(kind) then return nil, err end
+      ctx.log.warn("event refused by the database", { attempt = attempt, err = err, event = ev.eventId })
+      if attempt == MAX_ATTEMPTS then refused = err break end
+      timer.sleep(100 * attempt)
+    end
   end
+  if refused then return dead_letter(ctx, msg, refused) end
+  return true
 end
 
 local function publish(ctx, evs)
@@ -129,44 +145,48 @@ end
 -- Handles one polled batch until it is durable; returns true when the
 -- offsets may be committed, nil when the process is stopping.
 local function handle(ctx, msgs)
-  local evs, poison = {}, {}
+  local decoded, poison, plain = {}, {}, {}
   for _, msg in ipairs(msgs) do
-    local ev, why = events.decode(msg.value)
-    if ev then
-      ev.traceId = ev.traceId or (msg.headers and msg.headers.trace_id)
-      evs[#evs + 1] = { ev = ev, msg = msg }
+    local evs, why = events.decode_all(msg.value)
+    if evs then
+      local trace = msg.headers and msg.headers.trace_id
+      for _, ev in ipairs(evs) do
+        ev.traceId = ev.traceId or trace
+        plain[#plain + 1] = ev
+      end
+      decoded[#decoded + 1] = { msg = msg, evs = evs }
     else
       poison[#poison + 1] = { msg = msg, why = why }
     end
   end
   if not dead_letter_all(ctx, poison) then return nil end
 
-  local plain = {}
-  for i, e in ipairs(evs) do plain[i] = e.ev end
   local backoff = 100
   while true do
-    local ok, err = apply(ctx, plain)
+    local ok, err, kind = apply(ctx, plain)
     if ok then break end
-    if connection_error(err) then
+    if connection_error(kind) then
       -- MySQL is away: keep the batch, wait, try again (offsets stay uncommitted)
       ctx.log.warn("database unavailable; retrying the batch", { err = err, events = #plain, backoff_ms = backoff })
       if not timer.sleep(backoff) then return nil end
       backoff = math.min(backoff * 2, 5000)
     else
-      -- something in the batch is refused: apply one by one to isolate it
+      -- something in the batch is refused: apply message by message to isolate it
       ctx.log.warn("batch refused; applying events one at a time", { err = err })
-      for _, e in ipairs(evs) do
-        local one_ok, one_err = apply_one(ctx, e.msg, e.ev)
+      for _, d in ipairs(decoded) do
+        local one_ok, one_err = apply_one(ctx, d.msg, d.evs)
         while not one_ok do
           ctx.log.warn("waiting to apply event", { err = one_err })
           if not timer.sleep(backoff) then return nil end
-          one_ok, one_err = apply_one(ctx, e.msg, e.ev)
+          one_ok, one_err = apply_one(ctx, d.msg, d.evs)
         end
       end
       break
     end
   end
-  for _, e in ipairs(plain) do ctx.metrics.raw.events:inc({ type = e.type, outcome = "applied" }) end
+  local applied = {}
+  for _, e in ipairs(plain) do applied[e.type] = (applied[e.type] or 0) + 1 end
+  for t, n in pairs(applied) do ctx.metrics.raw.events:inc({ type = t, outcome = "applied" }, n) end
   -- the purchase request's id travels as trace_id: grep one id across every app's logs
   if core.log_enabled(0) then
     for _, e in ipairs(plain) do

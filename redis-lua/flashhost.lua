@@ -349,8 +349,8 @@ local function purchase_batch(keys, args)
     redis.call('ZADD', pendingKey, unpack(zadd))
     -- One outbox entry for the call's reservations: its `events` field holds
     -- them as a JSON array of the usual event fields, which the relay sends
-    -- as one Kafka message each.  One entry to append, read, acknowledge and
-    -- delete, instead of one per ticket sold.
+    -- as one Kafka message.  One entry to append, read, acknowledge, delete
+    -- and send, instead of one per ticket sold.
     redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', cjson.encode(events))
   end
   if #okKeys > 0 then

@@ -15,10 +15,10 @@ local DELTA = { reserved = -1, confirmed = 0, canceled = 1, expired = 1 }
 
 local function digits(v) return type(v) == "string" and v:match("^%d+$") and #v <= 19 end
 
--- Decodes one message; returns the event or nil, reason (a poison message).
-function M.decode(value)
-  local ev = cjson.decode(value or "")
-  if type(ev) ~= "table" then return nil, "not JSON" end
+-- Checks one decoded event and fills in what the statements need; returns
+-- the event or nil, reason.
+local function check(ev)
+  if type(ev) ~= "table" then return nil, "not a JSON object" end
   if not TYPES[ev.type] then return nil, "unknown event type " .. tostring(ev.type) end
   for _, f in ipairs { "orderId", "reservationId", "userId", "skuId" } do
     if not digits(ev[f]) then return nil, "bad " .. f end
@@ -33,6 +33,34 @@ function M.decode(value)
   end
   ev.status = TYPES[ev.type]
   return ev
+end
+
+-- Decodes one event object; returns the event or nil, reason (a poison message).
+function M.decode(value)
+  local ev = cjson.decode(value or "")
+  if type(ev) ~= "table" then return nil, "not JSON" end
+  return check(ev)
+end
+
+-- Decodes one message: a single event object, or the JSON array of events a
+-- purchase batch wrote as one outbox entry (the relay sends that entry's text
+-- as it is).  Returns the list of events, or nil, reason when the message or
+-- any event in it is unreadable: a message is dead-lettered whole.
+local MAX_EVENTS = 1000
+function M.decode_all(value)
+  local v = cjson.decode(value or "")
+  if type(v) ~= "table" then return nil, "not JSON" end
+  if v[1] == nil then
+    local ev, why = check(v)
+    if not ev then return nil, why end
+    return { ev }
+  end
+  if #v > MAX_EVENTS then return nil, "more than " .. MAX_EVENTS .. " events in one message" end
+  for i = 1, #v do
+    local ev, why = check(v[i])
+    if not ev then return nil, ("event %d: %s"):format(i, why) end
+  end
+  return v
 end
 
 local function placeholders(n, each)

@@ -40,53 +40,42 @@ local function read(r, stream, consumer, id, count)
   return out
 end
 
-local function message(fields)
+-- The Kafka message of one outbox entry.  An entry of a purchase_batch call
+-- carries its reservations as one JSON array in `events`; that text goes out
+-- as it is, one message for the whole batch, so the broker, the order worker
+-- and this relay pay per batch what they used to pay per ticket.  The order
+-- worker reads either form (lib/order_events.lua decode_all); a message that
+-- does not decode reaches the dead letters whole.  Single events (confirm,
+-- cancel, expire) stay one message each, keyed by their order.  Any event may
+-- arrive before or after the others of its order: the worker's upserts make
+-- the order of arrival irrelevant, so a batch may use the entry id as its key
+-- and spread over the partitions.
+local function message(entry)
+  local f = entry.fields
+  if f.events then
+    return { key = entry.id, value = f.events,
+      headers = { event_type = f.type or "reserved", event_id = "batch:" .. entry.id } }
+  end
   return {
-    key = fields.orderId,
-    value = cjson.encode(fields),
-    headers = { trace_id = fields.traceId or "", event_id = fields.eventId or "",
-      event_type = fields.type or "" },
+    key = f.orderId,
+    value = cjson.encode(f),
+    headers = { trace_id = f.traceId or "", event_id = f.eventId or "", event_type = f.type or "" },
   }
 end
 
--- The events of one outbox entry: the entry itself, or, for the entry of a
--- purchase_batch call, each element of its `events` array.  An unreadable
--- array is sent as the entry it is, so it reaches the dead letters instead
--- of blocking the stream.
-local function events_of(entry)
-  local list = entry.fields.events
-  if not list then return { entry.fields } end
-  local evs = cjson.decode(list)
-  if type(evs) ~= "table" or #evs == 0 then return { entry.fields } end
-  return evs
-end
-M.events_of = events_of
-
--- Sends entries, acknowledges those whose every event was delivered; returns
--- how many events were delivered.
+-- Sends entries, one message each, and acknowledges those delivered; returns
+-- how many were delivered.  An undelivered entry stays pending and is sent
+-- again: the order worker's upserts make a repeated event change nothing.
 local function ship(ctx, stream, entries)
   if #entries == 0 then return 0 end
-  local msgs, first, last = {}, {}, {}
-  for i, entry in ipairs(entries) do
-    first[i] = #msgs + 1
-    for _, ev in ipairs(events_of(entry)) do msgs[#msgs + 1] = message(ev) end
-    last[i] = #msgs
-  end
+  local msgs = {}
+  for i, entry in ipairs(entries) do msgs[i] = message(entry) end
   local t0 = core.mono()
   local ok_count, errors = ctx.producer:produce_batch(M.TOPIC, msgs)
   local elapsed = (core.mono() - t0) / 1000
-  local acked, delivered = {}, 0
+  local acked = {}
   for i, entry in ipairs(entries) do
-    local whole = true
-    for j = first[i], last[i] do
-      if errors and errors[j] then whole = false break end
-    end
-    -- a partly delivered entry is sent again whole: the order worker's
-    -- upserts make the repeated events change nothing
-    if whole then
-      acked[#acked + 1] = entry.id
-      delivered = delivered + (last[i] - first[i] + 1)
-    end
+    if not (errors and errors[i]) then acked[#acked + 1] = entry.id end
   end
   if #acked > 0 then
     ctx.redis_relay:call("XACK", stream, M.GROUP, unpack(acked))
@@ -96,10 +85,10 @@ local function ship(ctx, stream, entries)
   if ok_count and ok_count < #msgs then
     local err
     for _, e in pairs(errors or {}) do err = e break end
-    ctx.log.warn("outbox events not delivered; they will be sent again",
+    ctx.log.warn("outbox entries not delivered; they will be sent again",
       { stream = stream, failed = #msgs - ok_count, err = err })
   end
-  return delivered
+  return #acked
 end
 
 -- One pass over every SKU; returns how many events moved.

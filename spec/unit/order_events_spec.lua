@@ -25,6 +25,32 @@ describe("order events", function()
     end
   end)
 
+  it("decodes a purchase batch's message: a JSON array of events, in order", function()
+    local one, two = cjson.decode(ev("reserved")), cjson.decode(ev("reserved", { reservationId = "11", orderId = "21" }))
+    local evs = assert(events.decode_all(cjson.encode { one, two }))
+    assert.are.equal(2, #evs)
+    assert.are.same({ "20", "21" }, { evs[1].orderId, evs[2].orderId })
+    assert.are.same({ 2, 2 }, { evs[1].quantity, evs[2].quantity })
+    assert.are.equal("PENDING", evs[2].status)
+    -- a single event object is a list of one
+    local single = assert(events.decode_all(ev("confirmed")))
+    assert.are.equal(1, #single)
+    assert.are.equal("CONFIRMED", single[1].status)
+  end)
+
+  it("refuses a batch message whole when any event in it is poison", function()
+    local good = cjson.decode(ev("reserved"))
+    for _, bad in ipairs { cjson.encode { good, cjson.decode(ev("reserved", { orderId = "x" })) },
+      cjson.encode { good, "text" }, "[]", "[1,2]", "{}" } do
+      local evs, why = events.decode_all(bad)
+      assert.is_nil(evs, bad)
+      assert.is_string(why)
+    end
+    local many = {}
+    for i = 1, 1001 do many[i] = good end
+    assert.is_nil((events.decode_all(cjson.encode(many))))
+  end)
+
   it("upserts orders so that any arrival order ends in the final status", function()
     local stmts = events.statements { assert(events.decode(ev("confirmed"))), assert(events.decode(ev("reserved"))) }
     local sql = stmts[1][1]
