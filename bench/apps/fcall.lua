@@ -1,4 +1,4 @@
--- Benchmark app: one route answering JSON with no I/O, one doing one FCALL.
+-- Benchmark app: a route answering JSON with no I/O (GET and POST), one doing one FCALL.
 local app = require("flashhost.app").new("bench")
 local redis = require("flashhost.redis")
 
@@ -13,6 +13,10 @@ app:on_start(function(ctx)
 end)
 
 app:get("/hello", function() return 200, { hello = "world" } end)
+-- The same answer to a POST with a body, so a load with bench/wrk/purchase.lua's
+-- client work (a JSON body built per request, each answer checked) can measure
+-- the hello route beside the sold-out purchase route.
+app:post("/hello", function() return 200, { hello = "world" } end)
 
 app:get("/fcall", function(req, ctx)
   local n, err = ctx.redis:fcall("fhbench_incr", { "bench:counter" }, {})

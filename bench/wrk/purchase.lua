@@ -4,12 +4,15 @@
 --   SKUS        comma-separated SKU ids to spread over (default "1")
 --   LIMIT       requests per thread, then the thread stops (0 = until -d ends)
 --   USER_BASE   first user id (default: from the clock, so runs do not collide)
+--   ROUTE       the path posted to (default /api/v1/flash/purchase): bench/run posts
+--               the same bodies to the hello route to compare like with like
 -- At the end it prints one line:  RESULT total=N s200=N s410=N ... bad_json=N
 local threads = {}
 local skus = {}
 for s in (os.getenv("SKUS") or "1"):gmatch("%d+") do skus[#skus + 1] = s end
 local limit = tonumber(os.getenv("LIMIT")) or 0
 local user_base = tonumber(os.getenv("USER_BASE")) or (os.time() % 100000) * 100000
+local route = os.getenv("ROUTE") or "/api/v1/flash/purchase"
 
 function setup(thread)
   thread:set("tid", #threads)
@@ -31,7 +34,7 @@ function request()
   local sku = skus[(n % #skus) + 1]
   local user = prefix .. n
   local body = ('{"userId":"%s","skuId":"%s","quantity":1,"idempotencyKey":"k-%s-%d"}'):format(user, sku, prefix, n)
-  return wrk.format("POST", "/api/v1/flash/purchase", nil, body)
+  return wrk.format("POST", route, nil, body)
 end
 
 answered = 0
