@@ -224,7 +224,12 @@ local function run_handler(self, req, ctx)
       if s then return s, b, h end
     end
   end
-  return route.fn(req, ctx)
+  -- Not a tail call: a handler's own tail calls (`return answers.x(...)`) would
+  -- then return straight into xpcall, a C frame, and LuaJIT gives up every trace
+  -- that returns there ("NYI: return to lower frame"), leaving the hot request
+  -- path to the interpreter.
+  local status, body, headers = route.fn(req, ctx)
+  return status, body, headers
 end
 
 function App:handle(req, res, ctx)
