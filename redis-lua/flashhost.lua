@@ -57,6 +57,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- IDEM_TTL_MS as a command argument: a number argument costs Redis a float
+-- formatting at every call, a string none.  (A literal: the library's load
+-- runs without tostring.)
+local IDEM_TTL_MS_ARG = '86400000'
+
+-- x as a command argument: the text Redis would make of the number, precomputed
+-- where that text is surely tostring's.  Both print a non-negative integer below
+-- 1e14 as its plain digits (tostring keeps 14 significant digits); anything
+-- else stays a number, for Redis to format as before.
+local function int_arg(x)
+  if x % 1 == 0 and x >= 0 and x < 1e14 then return tostring(x) end
+  return x
+end
+
 local function hash(k)
   local flat = redis.call('HGETALL', k)
   if #flat == 0 then return nil end
@@ -191,8 +205,14 @@ local function purchase_batch(keys, args)
   local list, seen, resKeys = {}, {}, {}
   for i = 1, n do
     local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
+    local userId = c.text(a + 1, 'userId')
+    -- the usual case checked without building c.int's label (a number to format)
+    local qty = tonumber(args[a + 2])
+    if not qty or qty ~= qty or qty == math.huge or qty < 1 or qty % 1 ~= 0 then
+      qty = c.int(args[a + 2], 'quantity (ARGV[' .. (a + 2) .. '])', 1)
+    end
     local at = {
-      userId = c.text(a + 1, 'userId'), qty = c.int(args[a + 2], 'quantity (ARGV[' .. (a + 2) .. '])', 1),
+      userId = userId, qty = qty,
       idem = args[a + 3], hash = args[a + 4], resId = c.text(a + 5, 'reservationId'),
       orderId = c.text(a + 6, 'orderId'), traceId = args[a + 7],
     }
@@ -224,6 +244,14 @@ local function purchase_batch(keys, args)
   local gen, price = sale.gen, sale.price
   local startsAt, endsAt = tonumber(sale.startsAt) or 0, tonumber(sale.endsAt) or 0
   local expiresAt = now + math.floor(ttlSec * 1000)
+  -- The same texts for every attempt of the batch, formatted once: each
+  -- tostring of a number, and each number argument of redis.call, is a float
+  -- formatting.
+  local nowText, expiresText = tostring(now), tostring(expiresAt)
+  local expiresArg = int_arg(expiresAt)
+  local indexPx = int_arg(math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+  local unitPrice = tonumber(price)
+  local qtyText = {}               -- quantity -> tostring(quantity)
 
   -- What the attempts read and change, kept here across the batch: a later
   -- attempt sees what an earlier one did, as it would one call later.
@@ -274,7 +302,7 @@ local function purchase_batch(keys, args)
       if a.idem ~= '' then
         local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
         redis.call('SET', a.idemKey, '{"userId":' .. cjson.encode(a.userId) .. ',"requestHash":' ..
-          cjson.encode(a.hash) .. ',"gen":' .. cjson.encode(gen) .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS)
+          cjson.encode(a.hash) .. ',"gen":' .. cjson.encode(gen) .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS_ARG)
         idems[a.idemKey] = rec
         if result.code ~= 'SOLD_OUT' then okKeys[#okKeys + 1] = a.idem end
       end
@@ -320,21 +348,22 @@ local function purchase_batch(keys, args)
     -- 7. Reserve: the per-attempt writes now, the per-SKU ones once after the loop.
     stock, taken = stock - a.qty, taken + a.qty
     u.held, u.dirty = u.held + a.qty, true
-    local q = tostring(a.qty)
+    local q = qtyText[a.qty]
+    if not q then q = tostring(a.qty); qtyText[a.qty] = q end
     redis.call('HSET', a.resKey, 'userId', a.userId, 'orderId', a.orderId, 'quantity', q,
-      'unitPrice', price, 'status', 'PENDING', 'expiresAt', tostring(expiresAt),
-      'createdAt', tostring(now), 'updatedAt', tostring(now), 'traceId', a.traceId)
+      'unitPrice', price, 'status', 'PENDING', 'expiresAt', expiresText,
+      'createdAt', nowText, 'updatedAt', nowText, 'traceId', a.traceId)
     events[#events + 1] = { type = 'reserved', eventId = a.resId .. ':reserved',
       reservationId = a.resId, orderId = a.orderId, userId = a.userId, skuId = c.sku,
       quantity = q, unitPrice = price, status = 'PENDING',
-      expiresAt = tostring(expiresAt), ts = tostring(now), traceId = a.traceId }
-    zadd[#zadd + 1] = expiresAt
+      expiresAt = expiresText, ts = nowText, traceId = a.traceId }
+    zadd[#zadd + 1] = expiresArg
     zadd[#zadd + 1] = a.resId
     if index then
-      redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+      redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', indexPx)
     end
     return final({ code = 'OK', reservationId = a.resId, orderId = a.orderId, quantity = a.qty,
-      expiresAt = expiresAt, remaining = stock, unitPrice = tonumber(price) })
+      expiresAt = expiresAt, remaining = stock, unitPrice = unitPrice })
   end
 
   local answers = {}
@@ -355,7 +384,7 @@ local function purchase_batch(keys, args)
   end
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))
-    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS)
+    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS_ARG)
   end
   for _, k in ipairs(userOrder) do
     local u = users[k]
