@@ -71,6 +71,13 @@ local function int_arg(x)
   return x
 end
 
+-- tostring(x), without a float formatting where x is an integer from 1 up to
+-- 1e14: there string.format's '%d' prints the same digits.
+local function int_text(x)
+  if x >= 1 and x < 1e14 and x % 1 == 0 then return string.format('%d', x) end
+  return tostring(x)
+end
+
 local function hash(k)
   local flat = redis.call('HGETALL', k)
   if #flat == 0 then return nil end
@@ -260,6 +267,9 @@ local function purchase_batch(keys, args)
   -- the answer was encoded whole before, as a number cjson cannot write raises.
   local unitPricePart, expiresJson
   local qtyTexts = {}              -- quantity -> { tostring, as JSON string, as JSON number }
+  -- A bucket refilled in this call is full again at the same time for every user.
+  local fullAt = rlCap > 0 and now + math.ceil(rlCap * 1000 / rlRate)
+  local fullAtText, fullAtArg = fullAt and tostring(fullAt), fullAt and int_arg(fullAt)
 
   -- What the attempts read and change, kept here across the batch: a later
   -- attempt sees what an earlier one did, as it would one call later.
@@ -352,8 +362,9 @@ local function purchase_batch(keys, args)
         return cjson.encode({ code = 'RATE_LIMITED', retryAfterMs = math.ceil((1 - tokens) * 1000 / rlRate) })
       end
       -- as stored and read back: the next attempt of this user sees the same number
-      u.tokens, u.ts = tonumber(tostring(tokens - 1)), now
-      u.fullAt = now + math.ceil(rlCap * 1000 / rlRate)
+      local left = int_text(tokens - 1)
+      u.tokens, u.tokensText, u.ts = tonumber(left), left, now
+      u.fullAt = fullAt
       u.dirty = true
     end
 
@@ -427,16 +438,21 @@ local function purchase_batch(keys, args)
     local u = users[k]
     if u.dirty then
       if u.stale then redis.call('DEL', k) end
-      local f = { 'gen', gen, 'held', tostring(u.held) }
-      if u.tokens then
-        f[5], f[6], f[7], f[8], f[9], f[10] = 'tokens', tostring(u.tokens), 'ts', tostring(u.ts), 'fullAt', tostring(u.fullAt)
+      local held = int_text(u.held)
+      if not u.tokens then
+        redis.call('HSET', k, 'gen', gen, 'held', held)
+      elseif u.tokensText then
+        -- the bucket was taken from in this call: its texts are at hand
+        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', u.tokensText, 'ts', nowText, 'fullAt', fullAtText)
+      else
+        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', tostring(u.tokens), 'ts', tostring(u.ts),
+          'fullAt', tostring(u.fullAt))
       end
-      redis.call('HSET', k, unpack(f))
       -- Held tickets must never expire; an empty key lasts until its bucket is full.
       if u.held > 0 then
         if u.mayExpire then redis.call('PERSIST', k) end
       else
-        redis.call('PEXPIREAT', k, u.fullAt)
+        redis.call('PEXPIREAT', k, u.tokensText and fullAtArg or u.fullAt)
       end
     end
   end
