@@ -72,10 +72,16 @@ local function int_arg(x)
 end
 
 -- tostring(x), without a float formatting where x is an integer from 1 up to
--- 1e14: there string.format's '%d' prints the same digits.
-local function int_text(x)
-  if x >= 1 and x < 1e14 and x % 1 == 0 then return string.format('%d', x) end
-  return tostring(x)
+-- 1e14: there string.format's '%d' prints the same digits, and memo (a table
+-- per call) keeps them for the next time.  Second result: true when the text
+-- is exactly x (so tonumber of it would give x back).
+local function int_text(x, memo)
+  if x >= 1 and x < 1e14 and x % 1 == 0 then
+    local t = memo[x]
+    if not t then t = string.format('%d', x); memo[x] = t end
+    return t, true
+  end
+  return tostring(x), false
 end
 
 local function hash(k)
@@ -212,14 +218,20 @@ local function purchase_batch(keys, args)
   -- Every attempt is checked before anything is written: a bad one fails the call.
   -- Attempt i's arguments are ARGV[a + 1..7] and its keys KEYS[k + 1..3] (a, k
   -- below), read from there: no table per attempt.
-  local qtys, seen, resKeys = {}, {}, {}
+  local qtys, seen, resKeys, qtyOf = {}, {}, {}, {}
   for i = 1, n do
     local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
     local userId = c.text(a + 1, 'userId')
-    -- the usual case checked without building c.int's label (a number to format)
-    local qty = tonumber(args[a + 2])
-    if not qty or qty ~= qty or qty == math.huge or qty < 1 or qty % 1 ~= 0 then
-      qty = c.int(args[a + 2], 'quantity (ARGV[' .. (a + 2) .. '])', 1)
+    -- the usual case checked without building c.int's label (a number to
+    -- format), and once per distinct text
+    local qtext = args[a + 2]
+    local qty = qtyOf[qtext]
+    if not qty then
+      qty = tonumber(qtext)
+      if not qty or qty ~= qty or qty == math.huge or qty < 1 or qty % 1 ~= 0 then
+        qty = c.int(qtext, 'quantity (ARGV[' .. (a + 2) .. '])', 1)
+      end
+      qtyOf[qtext] = qty
     end
     local resId = c.text(a + 5, 'reservationId')
     local orderId = c.text(a + 6, 'orderId')
@@ -267,6 +279,7 @@ local function purchase_batch(keys, args)
   -- the answer was encoded whole before, as a number cjson cannot write raises.
   local unitPricePart, expiresJson
   local qtyTexts = {}              -- quantity -> { tostring, as JSON string, as JSON number }
+  local intTexts = {}              -- int_text's memo
   -- A bucket refilled in this call is full again at the same time for every user.
   local fullAt = rlCap > 0 and now + math.ceil(rlCap * 1000 / rlRate)
   local fullAtText, fullAtArg = fullAt and tostring(fullAt), fullAt and int_arg(fullAt)
@@ -286,11 +299,15 @@ local function purchase_batch(keys, args)
     if u then return u end
     local v = redis.call('HMGET', k, 'gen', 'held', 'tokens', 'ts', 'fullAt')
     if v[1] == gen then
-      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]) }
+      -- (the fields that may be set later are named here too, as nil: the
+      -- table is made with room for them instead of growing twice)
+      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]),
+        mayExpire = false, tokensText = nil, dirty = nil }
       -- only a key that holds nothing may carry a TTL
       u.mayExpire = u.held == 0
     else
-      u = { held = 0, stale = v[1] ~= false or v[2] ~= false }
+      u = { held = 0, stale = v[1] ~= false or v[2] ~= false, tokens = nil, tokensText = nil, ts = nil,
+        fullAt = nil, dirty = nil }
     end
     users[k], userOrder[#userOrder + 1] = u, k
     return u
@@ -362,8 +379,8 @@ local function purchase_batch(keys, args)
         return cjson.encode({ code = 'RATE_LIMITED', retryAfterMs = math.ceil((1 - tokens) * 1000 / rlRate) })
       end
       -- as stored and read back: the next attempt of this user sees the same number
-      local left = int_text(tokens - 1)
-      u.tokens, u.tokensText, u.ts = tonumber(left), left, now
+      local left, exact = int_text(tokens - 1, intTexts)
+      u.tokens, u.tokensText, u.ts = exact and tokens - 1 or tonumber(left), left, now
       u.fullAt = fullAt
       u.dirty = true
     end
@@ -438,7 +455,7 @@ local function purchase_batch(keys, args)
     local u = users[k]
     if u.dirty then
       if u.stale then redis.call('DEL', k) end
-      local held = int_text(u.held)
+      local held = int_text(u.held, intTexts)
       if not u.tokens then
         redis.call('HSET', k, 'gen', gen, 'held', held)
       elseif u.tokensText then
