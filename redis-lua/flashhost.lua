@@ -415,7 +415,8 @@ local function purchase_batch(keys, args)
     -- (ids escaped by cjson.encode as any string), in the key order cjson
     -- gave the tables they replace: the same text.
     local resJson, orderJson, userJson = cjson.encode(resId), cjson.encode(orderId), cjson.encode(userId)
-    events[#events + 1] = '{"eventId":' .. cjson.encode(resId .. ':reserved') .. ',"type":"reserved","skuId":' ..
+    -- eventId '<resId>:reserved': resId's JSON string with the suffix before its closing quote
+    events[#events + 1] = '{"eventId":' .. string.sub(resJson, 1, -2) .. ':reserved","type":"reserved","skuId":' ..
       skuJson .. ',"orderId":' .. orderJson .. ',"userId":' .. userJson .. ',"quantity":' .. qt[2] ..
       ',"reservationId":' .. resJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
       ',"traceId":' .. cjson.encode(traceId) .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
