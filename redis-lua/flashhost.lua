@@ -57,6 +57,33 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- IDEM_TTL_MS as a command argument: a number argument costs Redis a float
+-- formatting at every call, a string none.  (A literal: the library's load
+-- runs without tostring.)
+local IDEM_TTL_MS_ARG = '86400000'
+
+-- x as a command argument: the text Redis would make of the number, precomputed
+-- where that text is surely tostring's.  Both print a non-negative integer below
+-- 1e14 as its plain digits (tostring keeps 14 significant digits); anything
+-- else stays a number, for Redis to format as before.
+local function int_arg(x)
+  if x % 1 == 0 and x >= 0 and x < 1e14 then return tostring(x) end
+  return x
+end
+
+-- tostring(x), without a float formatting where x is an integer from 1 up to
+-- 1e14: there string.format's '%d' prints the same digits, and memo (a table
+-- per call) keeps them for the next time.  Second result: true when the text
+-- is exactly x (so tonumber of it would give x back).
+local function int_text(x, memo)
+  if x >= 1 and x < 1e14 and x % 1 == 0 then
+    local t = memo[x]
+    if not t then t = string.format('%d', x); memo[x] = t end
+    return t, true
+  end
+  return tostring(x), false
+end
+
 local function hash(k)
   local flat = redis.call('HGETALL', k)
   if #flat == 0 then return nil end
@@ -186,31 +213,44 @@ local function purchase_batch(keys, args)
   if #args ~= 6 + 7 * n then c.fail((6 + 7 * n) .. ' arguments expected for ' .. n .. ' attempts, got ' .. #args) end
   local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
   local pendingKey, outboxKey, okKeysKey = c.key(4, 'pending'), c.key(5, 'outbox'), c.key(6, 'okkeys')
+  local prefix = c.prefix
 
   -- Every attempt is checked before anything is written: a bad one fails the call.
-  local list, seen, resKeys = {}, {}, {}
+  -- Attempt i's arguments are ARGV[a + 1..7] and its keys KEYS[k + 1..3] (a, k
+  -- below), read from there: no table per attempt.
+  local qtys, seen, resKeys, qtyOf = {}, {}, {}, {}
   for i = 1, n do
     local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
-    local at = {
-      userId = c.text(a + 1, 'userId'), qty = c.int(args[a + 2], 'quantity (ARGV[' .. (a + 2) .. '])', 1),
-      idem = args[a + 3], hash = args[a + 4], resId = c.text(a + 5, 'reservationId'),
-      orderId = c.text(a + 6, 'orderId'), traceId = args[a + 7],
-    }
-    at.userKey = c.key(k + 1, 'u:' .. at.userId)
-    at.idemKey = c.key(k + 2, 'idem:' .. at.idem)
-    at.resKey = c.key(k + 3, 'res:' .. at.resId)
+    local userId = c.text(a + 1, 'userId')
+    -- the usual case checked without building c.int's label (a number to
+    -- format), and once per distinct text
+    local qtext = args[a + 2]
+    local qty = qtyOf[qtext]
+    if not qty then
+      qty = tonumber(qtext)
+      if not qty or qty ~= qty or qty == math.huge or qty < 1 or qty % 1 ~= 0 then
+        qty = c.int(qtext, 'quantity (ARGV[' .. (a + 2) .. '])', 1)
+      end
+      qtyOf[qtext] = qty
+    end
+    local resId = c.text(a + 5, 'reservationId')
+    local orderId = c.text(a + 6, 'orderId')
+    if keys[k + 1] ~= prefix .. 'u:' .. userId then c.key(k + 1, 'u:' .. userId) end
+    if keys[k + 2] ~= prefix .. 'idem:' .. args[a + 3] then c.key(k + 2, 'idem:' .. args[a + 3]) end
+    if keys[k + 3] ~= prefix .. 'res:' .. resId then c.key(k + 3, 'res:' .. resId) end
     if index then
       local ik = 6 + 3 * n + i
-      if keys[ik] ~= 'order:' .. at.orderId then c.fail('KEYS[' .. ik .. '] must be order:' .. at.orderId) end
-      at.indexKey = keys[ik]
+      if keys[ik] ~= 'order:' .. orderId then c.fail('KEYS[' .. ik .. '] must be order:' .. orderId) end
     end
-    if seen[at.resId] then c.fail('reservationId ' .. at.resId .. ' appears twice') end
-    seen[at.resId] = true
-    list[i], resKeys[i] = at, at.resKey
+    if seen[resId] then c.fail('reservationId ' .. resId .. ' appears twice') end
+    seen[resId] = true
+    qtys[i], resKeys[i] = qty, keys[k + 3]
   end
   if redis.call('EXISTS', unpack(resKeys)) > 0 then
-    for _, at in ipairs(list) do
-      if redis.call('EXISTS', at.resKey) == 1 then c.fail('reservationId ' .. at.resId .. ' already exists') end
+    for i = 1, n do
+      if redis.call('EXISTS', resKeys[i]) == 1 then
+        c.fail('reservationId ' .. args[6 + (i - 1) * 7 + 5] .. ' already exists')
+      end
     end
   end
 
@@ -223,14 +263,35 @@ local function purchase_batch(keys, args)
   if rlCap > 0 and rlRate <= 0 then c.fail('rlRate must be > 0 when rlCapacity > 0') end
   local gen, price = sale.gen, sale.price
   local startsAt, endsAt = tonumber(sale.startsAt) or 0, tonumber(sale.endsAt) or 0
+  local queued = sale.queue == '1'
   local expiresAt = now + math.floor(ttlSec * 1000)
+  -- The same texts for every attempt of the batch, formatted once: each
+  -- tostring of a number, each number argument of redis.call and each number
+  -- cjson.encode writes is a float formatting.
+  local nowText, expiresText = tostring(now), tostring(expiresAt)
+  local expiresArg = int_arg(expiresAt)
+  local indexPx = int_arg(math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+  local unitPrice = tonumber(price)
+  -- JSON pieces of the stored records and events (strings: cjson.encode never raises)
+  local genJson, skuJson, priceJson = cjson.encode(gen), cjson.encode(c.sku), cjson.encode(price)
+  local nowTextJson, expiresTextJson = cjson.encode(nowText), cjson.encode(expiresText)
+  -- Those of the OK answer (numbers) are made at the first OK: there, where
+  -- the answer was encoded whole before, as a number cjson cannot write raises.
+  local unitPricePart, expiresJson
+  local qtyTexts = {}              -- quantity -> { tostring, as JSON string, as JSON number }
+  local intTexts = {}              -- int_text's memo
+  -- A bucket refilled in this call is full again at the same time for every user.
+  local fullAt = rlCap > 0 and now + math.ceil(rlCap * 1000 / rlRate)
+  local fullAtText, fullAtArg = fullAt and tostring(fullAt), fullAt and int_arg(fullAt)
 
   -- What the attempts read and change, kept here across the batch: a later
   -- attempt sees what an earlier one did, as it would one call later.
   local stock                      -- read when an attempt first needs it
   local users, userOrder = {}, {}  -- userKey -> { held, tokens, ts, fullAt, ... }
-  local idems = {}                 -- idemKey -> stored record | false
+  local idems = {}                 -- idemKey -> stored record | false, as read
+  local stored = {}                -- idemKey -> i: attempt i of this call stored its answer there
   local taken, zadd, okKeys, events = 0, {}, {}, {}
+  local answers = {}               -- i -> attempt i's answer (JSON text)
 
   -- One read of a user's key; a key of another sale generation counts as empty.
   local function user(k)
@@ -238,110 +299,144 @@ local function purchase_batch(keys, args)
     if u then return u end
     local v = redis.call('HMGET', k, 'gen', 'held', 'tokens', 'ts', 'fullAt')
     if v[1] == gen then
-      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]) }
+      -- (the fields that may be set later are named here too, as nil: the
+      -- table is made with room for them instead of growing twice)
+      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]),
+        mayExpire = false, tokensText = nil, dirty = nil }
       -- only a key that holds nothing may carry a TTL
       u.mayExpire = u.held == 0
     else
-      u = { held = 0, stale = v[1] ~= false or v[2] ~= false }
+      u = { held = 0, stale = v[1] ~= false or v[2] ~= false, tokens = nil, tokensText = nil, ts = nil,
+        fullAt = nil, dirty = nil }
     end
     users[k], userOrder[#userOrder + 1] = u, k
     return u
   end
 
-  local function attempt(a)
+  -- Answers that are final for this request are stored, so a retry gets them back.
+  -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
+  -- answers a sold-out SKU from memory still sends them to Redis, so their
+  -- retries get their own stored answer (a 200, a 403) back.
+  -- text (attempt i's answer, encoded once) is both the stored record's result
+  -- and the attempt's element of the call's answer.  userJson: the userId as
+  -- JSON when the caller has it.
+  local function final(i, text, soldOut, userJson)
+    local a = 6 + (i - 1) * 7
+    local idem = args[a + 3]
+    if idem ~= '' then
+      local idemKey = keys[6 + (i - 1) * 3 + 2]
+      redis.call('SET', idemKey, '{"userId":' .. (userJson or cjson.encode(args[a + 1])) .. ',"requestHash":' ..
+        cjson.encode(args[a + 4]) .. ',"gen":' .. genJson .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS_ARG)
+      stored[idemKey] = i
+      if not soldOut then okKeys[#okKeys + 1] = idem end
+    end
+    return text
+  end
+
+  local function attempt(i)
+    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
+    local userId, qty, idem = args[a + 1], qtys[i], args[a + 3]
     -- 1. Idempotency: a stored answer of this sale generation is the answer.
-    if a.idem ~= '' then
-      local rec = idems[a.idemKey]
+    if idem ~= '' then
+      local idemKey = keys[k + 2]
+      local j = stored[idemKey]
+      if j then
+        -- stored by attempt j of this call, of this generation: its record is
+        -- attempt j's userId, requestHash and answer
+        local b = 6 + (j - 1) * 7
+        if args[b + 1] ~= userId then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
+        if args[b + 4] ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
+        return '{"result":' .. answers[j] .. ',"code":"REPLAY"}'
+      end
+      local rec = idems[idemKey]
       if rec == nil then
-        local raw = redis.call('GET', a.idemKey)
+        local raw = redis.call('GET', idemKey)
         rec = raw and cjson.decode(raw) or false
-        idems[a.idemKey] = rec
+        idems[idemKey] = rec
       end
       if rec and rec.gen == gen then
-        if rec.userId ~= a.userId then return { code = 'IDEMPOTENCY_KEY_REUSED' } end
-        if rec.requestHash ~= a.hash then return { code = 'IDEMPOTENCY_MISMATCH' } end
-        return { code = 'REPLAY', result = rec.result }
+        if rec.userId ~= userId then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
+        if rec.requestHash ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
+        return cjson.encode({ code = 'REPLAY', result = rec.result })
       end
-    end
-    -- Answers that are final for this request are stored, so a retry gets them back.
-    -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
-    -- answers a sold-out SKU from memory still sends them to Redis, so their
-    -- retries get their own stored answer (a 200, a 403) back.
-    -- The answer is encoded once: that text is both the stored record's
-    -- result and this attempt's element of the call's answer.
-    local function final(result)
-      local text = cjson.encode(result)
-      if a.idem ~= '' then
-        local rec = { userId = a.userId, requestHash = a.hash, gen = gen, result = result }
-        redis.call('SET', a.idemKey, '{"userId":' .. cjson.encode(a.userId) .. ',"requestHash":' ..
-          cjson.encode(a.hash) .. ',"gen":' .. cjson.encode(gen) .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS)
-        idems[a.idemKey] = rec
-        if result.code ~= 'SOLD_OUT' then okKeys[#okKeys + 1] = a.idem end
-      end
-      return result, text
     end
 
     -- 2. No sale: not stored, so unknown SKUs leave nothing behind.
-    if not gen then return { code = 'NO_SALE' } end
+    if not gen then return '{"code":"NO_SALE"}' end
 
     -- 2b. A queued sale sells only under a queue token's key (see QUEUE_IDEM_PREFIX);
     -- not stored: the same attempt with a token may follow.
-    if sale.queue == '1' and string.sub(a.idem, 1, #QUEUE_IDEM_PREFIX) ~= QUEUE_IDEM_PREFIX then
-      return { code = 'QUEUE_TOKEN_REQUIRED' }
+    if queued and string.sub(idem, 1, #QUEUE_IDEM_PREFIX) ~= QUEUE_IDEM_PREFIX then
+      return '{"code":"QUEUE_TOKEN_REQUIRED"}'
     end
 
     -- 3. Token bucket: every attempt on a sale takes a token, refusals included.
-    local u = user(a.userKey)
+    local u = user(keys[k + 1])
     if rlCap > 0 then
       local tokens, ts = u.tokens or rlCap, u.ts or now
       tokens = math.min(rlCap, tokens + math.max(0, now - ts) * rlRate / 1000)
       if tokens < 1 then
-        return { code = 'RATE_LIMITED', retryAfterMs = math.ceil((1 - tokens) * 1000 / rlRate) }
+        return cjson.encode({ code = 'RATE_LIMITED', retryAfterMs = math.ceil((1 - tokens) * 1000 / rlRate) })
       end
       -- as stored and read back: the next attempt of this user sees the same number
-      u.tokens, u.ts = tonumber(tostring(tokens - 1)), now
-      u.fullAt = now + math.ceil(rlCap * 1000 / rlRate)
+      local left, exact = int_text(tokens - 1, intTexts)
+      u.tokens, u.tokensText, u.ts = exact and tokens - 1 or tonumber(left), left, now
+      u.fullAt = fullAt
       u.dirty = true
     end
 
     -- 4. Sale window. NOT_STARTED is not stored: the same request must succeed once the sale opens.
-    if now < startsAt then return { code = 'NOT_STARTED', startsAt = startsAt } end
-    if endsAt > 0 and now >= endsAt then return final({ code = 'ENDED', endsAt = endsAt }) end
+    if now < startsAt then return cjson.encode({ code = 'NOT_STARTED', startsAt = startsAt }) end
+    if endsAt > 0 and now >= endsAt then return final(i, cjson.encode({ code = 'ENDED', endsAt = endsAt })) end
 
     -- 5. Per-user limit (0 = none) over tickets held: pending and confirmed.
-    if limit > 0 and u.held + a.qty > limit then
-      return final({ code = 'LIMIT_EXCEEDED', limit = limit, held = u.held })
+    if limit > 0 and u.held + qty > limit then
+      return final(i, cjson.encode({ code = 'LIMIT_EXCEEDED', limit = limit, held = u.held }))
     end
 
     -- 6. Stock.
     if not stock then stock = tonumber(redis.call('GET', stockKey)) or 0 end
-    if stock < a.qty then return final({ code = 'SOLD_OUT', remaining = stock }) end
+    if stock < qty then return final(i, cjson.encode({ code = 'SOLD_OUT', remaining = stock }), true) end
 
     -- 7. Reserve: the per-attempt writes now, the per-SKU ones once after the loop.
-    stock, taken = stock - a.qty, taken + a.qty
-    u.held, u.dirty = u.held + a.qty, true
-    local q = tostring(a.qty)
-    redis.call('HSET', a.resKey, 'userId', a.userId, 'orderId', a.orderId, 'quantity', q,
-      'unitPrice', price, 'status', 'PENDING', 'expiresAt', tostring(expiresAt),
-      'createdAt', tostring(now), 'updatedAt', tostring(now), 'traceId', a.traceId)
-    events[#events + 1] = { type = 'reserved', eventId = a.resId .. ':reserved',
-      reservationId = a.resId, orderId = a.orderId, userId = a.userId, skuId = c.sku,
-      quantity = q, unitPrice = price, status = 'PENDING',
-      expiresAt = tostring(expiresAt), ts = tostring(now), traceId = a.traceId }
-    zadd[#zadd + 1] = expiresAt
-    zadd[#zadd + 1] = a.resId
-    if index then
-      redis.call('SET', a.indexKey, c.sku .. ':' .. a.resId, 'PX', math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+    stock, taken = stock - qty, taken + qty
+    u.held, u.dirty = u.held + qty, true
+    local qt = qtyTexts[qty]
+    if not qt then
+      local q = tostring(qty)
+      qt = { q, cjson.encode(q), cjson.encode(qty) }
+      qtyTexts[qty] = qt
     end
-    return final({ code = 'OK', reservationId = a.resId, orderId = a.orderId, quantity = a.qty,
-      expiresAt = expiresAt, remaining = stock, unitPrice = tonumber(price) })
+    local resId, orderId, traceId = args[a + 5], args[a + 6], args[a + 7]
+    redis.call('HSET', keys[k + 3], 'userId', userId, 'orderId', orderId, 'quantity', qt[1],
+      'unitPrice', price, 'status', 'PENDING', 'expiresAt', expiresText,
+      'createdAt', nowText, 'updatedAt', nowText, 'traceId', traceId)
+    -- The event and the answer are written as JSON text from their pieces
+    -- (ids escaped by cjson.encode as any string), in the key order cjson
+    -- gave the tables they replace: the same text.
+    local resJson, orderJson, userJson = cjson.encode(resId), cjson.encode(orderId), cjson.encode(userId)
+    -- eventId '<resId>:reserved': resId's JSON string with the suffix before its closing quote
+    events[#events + 1] = '{"eventId":' .. string.sub(resJson, 1, -2) .. ':reserved","type":"reserved","skuId":' ..
+      skuJson .. ',"orderId":' .. orderJson .. ',"userId":' .. userJson .. ',"quantity":' .. qt[2] ..
+      ',"reservationId":' .. resJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
+      ',"traceId":' .. cjson.encode(traceId) .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
+    zadd[#zadd + 1] = expiresArg
+    zadd[#zadd + 1] = resId
+    if index then
+      redis.call('SET', keys[6 + 3 * n + i], c.sku .. ':' .. resId, 'PX', indexPx)
+    end
+    if not expiresJson then
+      unitPricePart = unitPrice == nil and '' or ',"unitPrice":' .. cjson.encode(unitPrice)
+      expiresJson = cjson.encode(expiresAt)
+    end
+    -- remaining: an integer printed as an integer (cheaper than a float
+    -- formatting, and the same digits below 1e14); anything else by cjson
+    local remaining = (stock >= 1 and stock < 1e14 and stock % 1 == 0) and string.format('%d', stock) or cjson.encode(stock)
+    return final(i, '{"quantity":' .. qt[3] .. ',"reservationId":' .. resJson .. ',"code":"OK"' .. unitPricePart ..
+      ',"orderId":' .. orderJson .. ',"remaining":' .. remaining .. ',"expiresAt":' .. expiresJson .. '}', false, userJson)
   end
 
-  local answers = {}
-  for i, a in ipairs(list) do
-    local result, text = attempt(a)
-    answers[i] = text or cjson.encode(result)
-  end
+  for i = 1, n do answers[i] = attempt(i) end
 
   if taken > 0 then
     redis.call('DECRBY', stockKey, taken)
@@ -351,26 +446,31 @@ local function purchase_batch(keys, args)
     -- them as a JSON array of the usual event fields, which the relay sends
     -- as one Kafka message.  One entry to append, read, acknowledge, delete
     -- and send, instead of one per ticket sold.
-    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', cjson.encode(events))
+    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', '[' .. table.concat(events, ',') .. ']')
   end
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))
-    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS)
+    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS_ARG)
   end
   for _, k in ipairs(userOrder) do
     local u = users[k]
     if u.dirty then
       if u.stale then redis.call('DEL', k) end
-      local f = { 'gen', gen, 'held', tostring(u.held) }
-      if u.tokens then
-        f[5], f[6], f[7], f[8], f[9], f[10] = 'tokens', tostring(u.tokens), 'ts', tostring(u.ts), 'fullAt', tostring(u.fullAt)
+      local held = int_text(u.held, intTexts)
+      if not u.tokens then
+        redis.call('HSET', k, 'gen', gen, 'held', held)
+      elseif u.tokensText then
+        -- the bucket was taken from in this call: its texts are at hand
+        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', u.tokensText, 'ts', nowText, 'fullAt', fullAtText)
+      else
+        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', tostring(u.tokens), 'ts', tostring(u.ts),
+          'fullAt', tostring(u.fullAt))
       end
-      redis.call('HSET', k, unpack(f))
       -- Held tickets must never expire; an empty key lasts until its bucket is full.
       if u.held > 0 then
         if u.mayExpire then redis.call('PERSIST', k) end
       else
-        redis.call('PEXPIREAT', k, u.fullAt)
+        redis.call('PEXPIREAT', k, u.tokensText and fullAtArg or u.fullAt)
       end
     end
   end
