@@ -146,15 +146,21 @@ static char *fh_metrics__series_name(char *buf, size_t cap, const char *name, co
   return buf;
 }
 
+/* The sample of a counter or gauge series, made on first use. */
+static int fh_metrics__series_index(lua_State *L, const char *name, const char *labels) {
+  char series[1024];
+  fh_metrics__series_name(series, sizeof series, name, "", labels, NULL);
+  int idx = fh_metrics__map_get(&fh_metrics__series, series);
+  if (idx < 0) idx = fh_metrics__sample_new(fh_metrics__family_get(L, name), series);
+  return idx;
+}
+
 /* add(name, labels, v) for counters and gauges; set(name, labels, v) for gauges */
 static int fh_metrics__update(lua_State *L, int set) {
   const char *name = luaL_checkstring(L, 1);
   const char *labels = luaL_optstring(L, 2, "");
   double v = luaL_optnumber(L, 3, 1);
-  char series[1024];
-  fh_metrics__series_name(series, sizeof series, name, "", labels, NULL);
-  int idx = fh_metrics__map_get(&fh_metrics__series, series);
-  if (idx < 0) idx = fh_metrics__sample_new(fh_metrics__family_get(L, name), series);
+  int idx = fh_metrics__series_index(L, name, labels);
   fh_metrics__values[idx] = set ? v : fh_metrics__values[idx] + v;
   return 0;
 }
@@ -165,39 +171,90 @@ static void fh_metrics__fmt_le(char *buf, size_t cap, double le) {
   snprintf(buf, cap, "le=\"%.6g\"", le);
 }
 
-/* observe(name, labels, v) for histograms */
-static int l_metrics_observe(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  const char *labels = luaL_optstring(L, 2, "");
-  double v = luaL_checknumber(L, 3);
+/* The first sample of a histogram series (its buckets, +Inf, sum and count
+ * follow it), made on first use. */
+static int fh_metrics__hist_first(lua_State *L, const char *name, const char *labels) {
   char key[1024];
   snprintf(key, sizeof key, "%s|%s", name, labels);
   int first = fh_metrics__map_get(&fh_metrics__hists, key);
-  fh_metrics__family *f = NULL;
-  if (first < 0) {
-    f = fh_metrics__family_get(L, name);
-    char series[1024], le[64];
-    for (int i = 0; i < f->nbuckets; i++) {
-      fh_metrics__fmt_le(le, sizeof le, f->buckets[i]);
-      fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, le);
-      int idx = fh_metrics__sample_new(f, series);
-      if (i == 0) first = idx;
-    }
-    fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, "le=\"+Inf\"");
-    int inf = fh_metrics__sample_new(f, series);
-    if (first < 0) first = inf;
-    fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_sum", labels, NULL));
-    fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_count", labels, NULL));
-    fh_metrics__map_put(&fh_metrics__hists, key, first);
-  } else {
-    f = fh_metrics__family_get(L, name);
+  if (first >= 0) return first;
+  fh_metrics__family *f = fh_metrics__family_get(L, name);
+  char series[1024], le[64];
+  for (int i = 0; i < f->nbuckets; i++) {
+    fh_metrics__fmt_le(le, sizeof le, f->buckets[i]);
+    fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, le);
+    int idx = fh_metrics__sample_new(f, series);
+    if (i == 0) first = idx;
   }
+  fh_metrics__series_name(series, sizeof series, name, "_bucket", labels, "le=\"+Inf\"");
+  int inf = fh_metrics__sample_new(f, series);
+  if (first < 0) first = inf;
+  fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_sum", labels, NULL));
+  fh_metrics__sample_new(f, fh_metrics__series_name(series, sizeof series, name, "_count", labels, NULL));
+  fh_metrics__map_put(&fh_metrics__hists, key, first);
+  return first;
+}
+
+static void fh_metrics__hist_add(const fh_metrics__family *f, int first, double v) {
   /* samples of one instance are consecutive: buckets, +Inf, sum, count */
   for (int i = 0; i < f->nbuckets; i++)
     if (v <= f->buckets[i]) fh_metrics__values[first + i] += 1;
   fh_metrics__values[first + f->nbuckets] += 1;
   fh_metrics__values[first + f->nbuckets + 1] += v;
   fh_metrics__values[first + f->nbuckets + 2] += 1;
+}
+
+/* observe(name, labels, v) for histograms */
+static int l_metrics_observe(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *labels = luaL_optstring(L, 2, "");
+  double v = luaL_checknumber(L, 3);
+  int first = fh_metrics__hist_first(L, name, labels);
+  fh_metrics__hist_add(fh_metrics__family_get(L, name), first, v);
+  return 0;
+}
+
+/* slot(name, labels) -> sample, family: the sample of a counter or gauge
+ * series (a histogram's first one) and its family's index, both stable for
+ * the life of the process.  A caller that keeps them updates through
+ * add_at/set_at/observe_at, with no series name to format and look up on
+ * every update. */
+static int l_metrics_slot(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *labels = luaL_optstring(L, 2, "");
+  int f = fh_metrics__map_get(&fh_metrics__fams, name);
+  if (f < 0) return luaL_error(L, "metric %s is not defined", name);
+  int hist = strcmp(fh_metrics__families[f].kind, "histogram") == 0;
+  lua_pushinteger(L, hist ? fh_metrics__hist_first(L, name, labels) : fh_metrics__series_index(L, name, labels));
+  lua_pushinteger(L, f);
+  return 2;
+}
+
+static int fh_metrics__check_sample(lua_State *L, int arg, size_t extra) {
+  lua_Integer idx = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, idx >= 0 && (size_t)idx + extra < fh_metrics__n, arg, "no such sample");
+  return (int)idx;
+}
+
+/* add_at(sample, v), set_at(sample, v): a slot's counter or gauge */
+static int l_metrics_add_at(lua_State *L) {
+  int idx = fh_metrics__check_sample(L, 1, 0);
+  fh_metrics__values[idx] += luaL_optnumber(L, 2, 1);
+  return 0;
+}
+static int l_metrics_set_at(lua_State *L) {
+  int idx = fh_metrics__check_sample(L, 1, 0);
+  fh_metrics__values[idx] = luaL_checknumber(L, 2);
+  return 0;
+}
+
+/* observe_at(sample, family, v): a slot's histogram */
+static int l_metrics_observe_at(lua_State *L) {
+  lua_Integer f = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, f >= 0 && (size_t)f < fh_metrics__nfam, 2, "no such family");
+  const fh_metrics__family *fam = &fh_metrics__families[f];
+  int first = fh_metrics__check_sample(L, 1, (size_t)fam->nbuckets + 2);
+  fh_metrics__hist_add(fam, first, luaL_checknumber(L, 3));
   return 0;
 }
 
@@ -248,7 +305,8 @@ int luaopen_flashhost_metrics_store(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"define", l_metrics_define}, {"add", l_metrics_add}, {"set", l_metrics_set},
     {"observe", l_metrics_observe}, {"render", l_metrics_render}, {"carry", l_metrics_carry},
-    {"carried", l_metrics_carried}, {NULL, NULL}};
+    {"carried", l_metrics_carried}, {"slot", l_metrics_slot}, {"add_at", l_metrics_add_at},
+    {"set_at", l_metrics_set_at}, {"observe_at", l_metrics_observe_at}, {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   return 1;

@@ -68,23 +68,33 @@ function M.histogram(name, help, labels, buckets)
   return define("histogram", name, help, labels, buckets or DEFAULT_BUCKETS)
 end
 
--- The label string of a sample, built once per distinct set of values: a hot
--- route would otherwise escape and join the same strings on every request.
--- A tree keyed by each label's value in turn; a family with more than
--- MAX_CACHED distinct series stops caching new ones (its memory stays bounded
--- if a label ever carries unbounded values).
+-- The sample of a series, looked up once per distinct set of label values: a
+-- hot route would otherwise escape and join the same strings, and the store
+-- format and look up the series name, on every request.  A tree keyed by each
+-- label's value in turn holds the store's slot (the sample's index; the
+-- family's is the metric's own).  A family with more than MAX_CACHED distinct
+-- series stops caching new ones and updates those by name (its memory stays
+-- bounded if a label ever carries unbounded values).
 local MAX_CACHED = 10000
-local function labels_of(self, labels)
+local function slot_of(self, labels)
   local names = self.labels
   local n = #names
-  if n == 0 or not labels then return "" end
   local node = self.cache
+  if n == 0 or not labels then
+    -- the series without labels: kept apart from the tree, where "" is a value
+    local s = self.bare
+    if not s then
+      s, self.family = store.slot(self.name, "")
+      self.bare = s
+    end
+    return s
+  end
   for i = 1, n - 1 do
     local v = labels[names[i]]
     if v == nil then v = "" end
     local nxt = node[v]
     if not nxt then
-      if self.cached >= MAX_CACHED then return label_string(names, labels) end
+      if self.cached >= MAX_CACHED then return nil end
       nxt = {}
       node[v] = nxt
     end
@@ -94,17 +104,25 @@ local function labels_of(self, labels)
   if v == nil then v = "" end
   local s = node[v]
   if s then return s end
-  s = label_string(names, labels)
-  if self.cached < MAX_CACHED then
-    node[v] = s
-    self.cached = self.cached + 1
-  end
+  if self.cached >= MAX_CACHED then return nil end
+  s, self.family = store.slot(self.name, label_string(names, labels))
+  node[v] = s
+  self.cached = self.cached + 1
   return s
 end
 
-function Metric:inc(labels, by) store.add(self.name, labels_of(self, labels), by or 1) end
-function Metric:set(labels, v) store.set(self.name, labels_of(self, labels), v) end
-function Metric:observe(labels, v) store.observe(self.name, labels_of(self, labels), v) end
+function Metric:inc(labels, by)
+  local s = slot_of(self, labels)
+  if s then store.add_at(s, by or 1) else store.add(self.name, label_string(self.labels, labels), by or 1) end
+end
+function Metric:set(labels, v)
+  local s = slot_of(self, labels)
+  if s then store.set_at(s, v) else store.set(self.name, label_string(self.labels, labels), v) end
+end
+function Metric:observe(labels, v)
+  local s = slot_of(self, labels)
+  if s then store.observe_at(s, self.family, v) else store.observe(self.name, label_string(self.labels, labels), v) end
+end
 
 -- This process's samples as Prometheus text.
 M.render = store.render
