@@ -2,10 +2,57 @@
 -- unit-tested (spec/unit/answers_spec.lua).
 local M = {}
 
+-- The purchases of one batch expire at the same millisecond: the last text is kept.
+local iso_ms, iso_text
 local function iso(ms)
-  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(ms / 1000)) .. (".%03dZ"):format(ms % 1000)
+  if ms ~= iso_ms then
+    iso_text = os.date("!%Y-%m-%dT%H:%M:%S", math.floor(ms / 1000)) .. (".%03dZ"):format(ms % 1000)
+    iso_ms = ms
+  end
+  return iso_text
 end
 M.iso = iso
+
+local json = require("cjson").encode
+
+-- A JSON number as cjson writes it (14 significant digits); integers, the
+-- usual case, by string.format, which costs no C library float formatting.
+local function number(v)
+  if v % 1 == 0 and v > -1e14 and v < 1e14 then return ("%d"):format(v) end
+  return json(v)
+end
+
+-- The 200 of a reservation as JSON text: the fields of a table encoded by
+-- cjson, written from their pieces, since this is the answer every sale
+-- sends most (spec/unit/answers_spec.lua checks it against the table).
+local message_json = setmetatable({}, { __mode = "k" })
+local function reserved_text(a, msg, elapsed_ms)
+  local m = message_json[msg]
+  if not m then m = json(msg); message_json[msg] = m end
+  local expires = number(a.expiresAt)
+  return '{"success":true,"reservationId":' .. json(a.reservationId) .. ',"orderId":' .. json(a.orderId) ..
+    ',"quantity":' .. number(a.quantity) .. ',"expiresAt":' .. expires .. ',"expiresAtMs":' .. expires ..
+    ',"expiresAtIso":' .. json(iso(a.expiresAt)) .. ',"remaining":' .. number(a.remaining) ..
+    ',"message":' .. m .. ',"processingTimeMs":' .. number(elapsed_ms) .. '}'
+end
+
+-- reserved_text writes exactly the table's fields only when each has its usual type.
+local function writable(a, elapsed_ms)
+  return type(a.reservationId) == "string" and type(a.orderId) == "string" and type(a.quantity) == "number"
+    and type(a.expiresAt) == "number" and type(a.remaining) == "number" and type(elapsed_ms) == "number"
+end
+
+-- The body of an OK answer as a table: what reserved_text writes.
+local function reserved_table(a, msg)
+  return {
+    success = true, reservationId = a.reservationId, orderId = a.orderId, quantity = a.quantity,
+    -- expiresAt stays epoch milliseconds, as clients of the original API compute
+    -- `expiresAt - Date.now()`; the ISO form has a field of its own
+    expiresAt = a.expiresAt, expiresAtMs = a.expiresAt, expiresAtIso = iso(a.expiresAt),
+    remaining = a.remaining,
+    message = msg,
+  }
+end
 
 -- refusal(status, code, message [, extra fields [, headers]]) -> status, body, headers:
 -- the one shape of every refused request, {success = false, error, message, ...}.
@@ -17,7 +64,10 @@ end
 M.refusal = refusal
 
 -- purchase(answer, rules, elapsed_ms) -> status, body, headers
-function M.purchase(a, rules, elapsed_ms)
+-- purchase(answer, rules, elapsed_ms [, as_table]) -> status, body, headers.
+-- The 200 of a reservation comes as JSON text unless as_table is set; every
+-- other body is a table.
+function M.purchase(a, rules, elapsed_ms, as_table)
   local msg = rules.messages or {}
   local replayed = false
   if a.code == "REPLAY" then
@@ -25,15 +75,10 @@ function M.purchase(a, rules, elapsed_ms)
   end
   local status, body, headers
   local c = a.code
-  if c == "OK" then
-    status, body = 200, {
-      success = true, reservationId = a.reservationId, orderId = a.orderId, quantity = a.quantity,
-      -- expiresAt stays epoch milliseconds, as clients of the original API compute
-      -- `expiresAt - Date.now()`; the ISO form has a field of its own
-      expiresAt = a.expiresAt, expiresAtMs = a.expiresAt, expiresAtIso = iso(a.expiresAt),
-      remaining = a.remaining,
-      message = msg.reserved or "reserved",
-    }
+  if c == "OK" and (as_table or not writable(a, elapsed_ms)) then
+    status, body = 200, reserved_table(a, msg.reserved or "reserved")
+  elseif c == "OK" then
+    status, body = 200, reserved_text(a, msg.reserved or "reserved", elapsed_ms)
   elseif c == "SOLD_OUT" then
     status, body = refusal(410, "SOLD_OUT", msg.sold_out or "sold out", { remaining = a.remaining or 0, remainingStock = a.remaining or 0 })
   elseif c == "ENDED" then

@@ -28,7 +28,7 @@ local function reply(status, body, headers)
   if headers then
     for k, v in pairs(headers) do ngx.header[k] = v end
   end
-  ngx.print(cjson.encode(body))
+  ngx.print(type(body) == "string" and body or cjson.encode(body))
   return ngx.exit(status)
 end
 

@@ -2,9 +2,35 @@ local answers = require "app.lib.answers"
 local rules = require "app.rules"
 
 describe("answers.purchase", function()
+  it("writes the 200 of a reservation as the JSON text of its table", function()
+    local cjson = require "cjson"
+    for _, a in ipairs {
+      { code = "OK", reservationId = "386329313177239553", orderId = "386329313177239554", quantity = 2,
+        expiresAt = 1796178885914, remaining = 9894751, unitPrice = 10 },
+      { code = "OK", reservationId = "1", orderId = "2", quantity = 1, expiresAt = 1700000000123, remaining = 0 },
+      { code = "OK", reservationId = 'odd "id"\\', orderId = "2", quantity = 1, expiresAt = 1, remaining = 1e15 },
+    } do
+      for _, elapsed in ipairs { 0.57365399971604, 3, 1e-7 } do
+        local s, text, h = answers.purchase(a, rules, elapsed)
+        local _, t = answers.purchase(a, rules, elapsed, true)
+        t.processingTimeMs = elapsed
+        assert.are.equal(200, s)
+        assert.is_nil(h)
+        assert.is_string(text)
+        assert.are.same(t, cjson.decode(text))
+        -- and number for number the text cjson would write
+        assert.are.same(cjson.decode(cjson.encode(t)), cjson.decode(text))
+      end
+    end
+    -- a field of an unusual type falls back to the table
+    local _, b = answers.purchase({ code = "OK", reservationId = "1", orderId = "2", quantity = "1",
+      expiresAt = 1, remaining = 1 }, rules, 1)
+    assert.is_table(b)
+  end)
+
   it("maps OK to 200 with the original response fields", function()
     local s, b, h = answers.purchase({ code = "OK", reservationId = "1", orderId = "2", quantity = 1,
-      expiresAt = 1700000000123, remaining = 9 }, rules, 1.5)
+      expiresAt = 1700000000123, remaining = 9 }, rules, 1.5, true)
     assert.are.equal(200, s)
     assert.is_true(b.success)
     assert.are.equal("1", b.reservationId)
