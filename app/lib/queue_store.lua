@@ -1,5 +1,5 @@
 -- The waiting room's Redis calls: one FCALL each of the queue_* functions of
--- the project's library (redis-lua/flashhost.lua, loaded by lib/stock.setup).
+-- the project's library (redis-lua/queue.lua, loaded by lib/stock.setup).
 -- Every call answers the decoded JSON answer, or nil, kind, detail as
 -- lib/stock.lua does ("unavailable": Redis could not be asked; "error": it
 -- refused, a bug).

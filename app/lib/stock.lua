@@ -6,14 +6,32 @@ local cjson = require "cjson.safe"
 
 local M = {}
 
--- The Redis Function library of redis-lua/ (one file) and its name.
+-- The Redis Function library of redis-lua/ and its name.  It is one library
+-- kept in files by responsibility: their texts, joined in this order, are the
+-- source loaded (the first declares the name and the helpers the rest use).
 M.LIBRARY = "flashhost"
-M.LIBRARY_FILE = "flashhost.lua"
+M.LIBRARY_FILES = { "flashhost.lua", "queue.lua" }
 
--- register(redis, dir): registers dir/flashhost.lua on a client (nothing is
--- sent; the first call loads it).  A missing file raises.  Returns the client.
+-- library_source(dir) -> the library's source from dir's files.  A missing or
+-- unreadable file raises: a broken deployment must not start.
+function M.library_source(dir)
+  dir = dir:gsub("/$", "")
+  local parts = {}
+  for i, name in ipairs(M.LIBRARY_FILES) do
+    local path = dir .. "/" .. name
+    local f, err = io.open(path, "rb")
+    if not f then error("redis library: " .. tostring(err), 2) end
+    parts[i] = f:read("*a")
+    f:close()
+    if not parts[i] then error("redis library: cannot read " .. path, 2) end
+  end
+  return table.concat(parts, "\n")
+end
+
+-- register(redis, dir): registers the library of dir on a client (nothing is
+-- sent; the first call loads it).  Returns the client.
 function M.register(redis, dir)
-  return redis:load_library(dir:gsub("/$", "") .. "/" .. M.LIBRARY_FILE)
+  return redis:functions(M.LIBRARY, M.library_source(dir))
 end
 
 -- setup(redis, dir, log): register, then load the library now (yields, at

@@ -1,4 +1,4 @@
--- The waiting room's functions (queue_* in redis-lua/flashhost.lua) and the
+-- The waiting room's functions (queue_* in redis-lua/queue.lua) and the
 -- queue checks of sale and purchase_batch, against a real redis-server (database 9).
 local cjson = require 'cjson'
 local redis = require 'redis'

@@ -1,5 +1,5 @@
 -- Support for spec/redis/*_spec.lua (not a spec itself): calls the functions of
--- redis-lua/flashhost.lua with KEYS and ARGV in the order redis-lua/README.md
+-- the library of redis-lua/ with KEYS and ARGV in the order redis-lua/README.md
 -- gives, and reads back the state and the outbox to check the invariants.
 local cjson = require 'cjson'
 local redis = require 'redis'
@@ -14,13 +14,10 @@ local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expir
   'queue_setup', 'queue_drop', 'queue_join', 'queue_state', 'queue_order', 'queue_ticket', 'queue_open',
   'queue_advance', 'queue_used', 'queue_rate' } }
 M.root = root
-M.LIBRARY = 'redis-lua/flashhost.lua'
 
+-- The library as the app loads it: redis-lua/'s files joined by lib/stock.lua.
 function M.source()
-  local f = assert(io.open(root .. M.LIBRARY))
-  local text = f:read('*a')
-  f:close()
-  return text
+  return require('app.lib.stock').library_source(root .. 'redis-lua')
 end
 
 function M.keys(sku)

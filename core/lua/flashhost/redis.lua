@@ -4,7 +4,7 @@
 --   local r = redis.connect { url = "redis://:secret@127.0.0.1:6379/0" }  -- never yields
 --   r:wait_ready(1000)                      -- optional: true | nil, "timeout"
 --   local v, err = r:call("GET", "k")       -- yields
---   r:load_library("redis-lua/flashhost.lua") -- a Redis Function library
+--   r:load_library("lib/mylib.lua") -- a Redis Function library from a file
 --   local a, err = r:fcall("status", { "k" }, { "x" })  -- yields
 --
 -- One connection per client, shared by every coroutine: calls from many tasks
