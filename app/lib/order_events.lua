@@ -35,13 +35,6 @@ local function check(ev)
   return ev
 end
 
--- Decodes one event object; returns the event or nil, reason (a poison message).
-function M.decode(value)
-  local ev = cjson.decode(value or "")
-  if type(ev) ~= "table" then return nil, "not JSON" end
-  return check(ev)
-end
-
 -- Decodes one message: a single event object, or the JSON array of events a
 -- purchase batch wrote as one outbox entry (the relay sends that entry's text
 -- as it is).  Returns the list of events, or nil, reason when the message or

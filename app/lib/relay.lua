@@ -91,7 +91,7 @@ local function ship(ctx, stream, entries)
   return #acked
 end
 
--- One pass over every SKU; returns how many events moved.
+-- One pass over every SKU; returns how many entries moved.
 function M.pass(ctx, state)
   local skus = ctx.redis_relay:call("SMEMBERS", stock.SKU_SET)
   if type(skus) ~= "table" then return 0 end
