@@ -83,21 +83,20 @@ end)
 -- still be running when it is told to stop; the clients close when the
 -- drained generation's Lua state is collected.
 
--- The order index (order:<id> -> "sku:reservation") lets the order routes
--- find a reservation from an order id.  On one Redis, purchase_batch writes it
--- with the reservation, so it exists before the answer does and an immediate
--- pay on any worker finds it.  On a cluster it lives on another node than the
--- SKU: the host writes it just before the attempt joins its batch, with a
--- short life that a successful purchase extends, so a refused one leaves a key
--- that vanishes on its own (ordering across nodes is not guaranteed there;
--- MySQL is the fallback).
-local INDEX_FIRST_TTL = 60
+-- The order index (order id -> "sku:reservation", lib/stock.index_key) lets
+-- the order routes find a reservation from an order id.  On one Redis,
+-- purchase_batch writes it with the reservation, so it exists before the
+-- answer does and an immediate pay on any worker finds it.  On a cluster it
+-- lives on another node than the SKU: the host writes it just before the
+-- attempt joins its batch and takes it back when the answer is a refusal
+-- (ordering across nodes is not guaranteed there; MySQL is the fallback).
+-- An entry whose attempt failed without an answer stays: it may have bought.
 local function index_order(r, orderId, sku, resId)
-  r:call("SET", stock.order_key(orderId), sku .. ":" .. resId, "EX", INDEX_FIRST_TTL)
+  stock.write_index(r, orderId, sku .. ":" .. resId, rules.reservation_ttl_sec)
 end
 
-local function keep_index(r, orderId, ttl_sec)
-  r:call("EXPIRE", stock.order_key(orderId), math.floor(ttl_sec) + 86400)
+local function unindex_order(r, orderId)
+  r:call("HDEL", stock.index_key(orderId), orderId)
 end
 
 -- Marks a SKU sold out in this worker, with the keys that must still reach
@@ -147,11 +146,11 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
     return answers.internal()
   end
   local final = a.code == "REPLAY" and a.result or a
+  if ctx.index_by_host and a.code ~= "OK" then core.spawn(unindex_order, ctx.redis, ids.orderId) end
   sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)
     if p.queueTicket then shared.token_used(ctx, p) end
-    if ctx.index_by_host then core.spawn(keep_index, ctx.redis, final.orderId, rules.reservation_ttl_sec) end
   elseif final.code == "SOLD_OUT" then
     if shared.queue_cache then shared.queue_cache:sold_out(p.skuId) end
     if sold_out:begin_fetch(p.skuId, core.now()) then core.spawn(mark_sold_out, ctx.redis, p.skuId, final.remaining) end

@@ -5,16 +5,22 @@
 --
 -- The library is this file followed by queue.lua (the loader joins them:
 -- app/lib/stock.lua LIBRARY_FILES), so the helpers here serve both.
--- Functions here: sale, purchase_batch, confirm, release, expire, status, lease;
+-- Functions here: sale, purchase_batch, confirm, release, expire, status, lease,
+-- order_index;
 -- in queue.lua the waiting room's queue_setup, queue_drop, queue_join,
 -- queue_state, queue_order, queue_ticket, queue_open, queue_advance,
 -- queue_used, queue_rate.
 -- Everything a function does that can raise is checked before its first write:
 -- a function error does not roll back.
 
-local IDEM_TTL_MS = 86400000   -- a stored purchase answer, and the okkeys set
 local RES_KEEP_MS = 86400000   -- a finished reservation is kept a day, for ALREADY_* answers
 local INDEX_KEEP_SEC = 86400   -- the order index outlives its reservation's TTL by a day
+-- Stored purchase answers live in one hash per SKU and day of Redis's clock,
+-- {sku:S}:idems:<day>, field = the idempotency key: a batch reads all of its
+-- keys with one HMGET per day and stores its answers with one HSET, where a
+-- key per answer cost a GET and a SET PX per attempt.  A day's hash is read
+-- that day and the next and expires after it: an answer lives one to two days.
+local IDEM_DAY_MS = 86400000
 -- The idempotency key a queue token buys under: 'q <gen>:<ticket>'.  The app
 -- derives it from a token whose signature it checked; a client cannot send one
 -- (its keys have no spaces), so a key with this prefix is proof of admission.
@@ -60,10 +66,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- IDEM_TTL_MS as a command argument: a number argument costs Redis a float
--- formatting at every call, a string none.  (A literal: the library's load
--- runs without tostring.)
-local IDEM_TTL_MS_ARG = '86400000'
+-- The okkeys set's life (a day, refreshed) as a command argument: a number
+-- argument costs Redis a float formatting at every call, a string none.  (A
+-- literal: the library's load runs without tostring.)
+local OKKEYS_TTL_MS_ARG = '86400000'
 
 -- x as a command argument: the text Redis would make of the number, precomputed
 -- where that text is surely tostring's.  Both print a non-negative integer below
@@ -87,12 +93,41 @@ local function int_text(x, memo)
   return tostring(x), false
 end
 
+-- The two hashes of stored answers a call at `now` reads, today's first (the
+-- one it writes), and the time today's expires (see IDEM_DAY_MS).
+local function idem_days(prefix, now)
+  local day = math.floor(now / IDEM_DAY_MS)
+  return prefix .. 'idems:' .. day, prefix .. 'idems:' .. (day - 1), (day + 2) * IDEM_DAY_MS
+end
+
+-- Whether an answer is stored under idempotency key `idem` of the SKU.
+local function idem_stored(prefix, now, idem)
+  local today, yesterday = idem_days(prefix, now)
+  return redis.call('HEXISTS', today, idem) == 1 or redis.call('HEXISTS', yesterday, idem) == 1
+end
+
 local function hash(k)
   local flat = redis.call('HGETALL', k)
   if #flat == 0 then return nil end
   local t = {}
   for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
   return t
+end
+
+-- The order index: order id -> '<skuId>:<reservationId>', so the order routes
+-- find a reservation from an order id.  The ids of a few minutes share one
+-- hash (ids are time-ordered snowflakes: all digits but the last 12, some 4
+-- minutes of ids), written by a batch with one HSET: no key, expiry and write
+-- per purchase.  The host names the same hash: app/lib/stock.lua index_key.
+local function index_key(orderId)
+  return 'orderidx:' .. string.sub(orderId, 1, -13)
+end
+
+-- An index hash lives at least px ms past its last write, and never less
+-- than it had: hashes are shared by sales of different TTLs.
+local function keep_index(k, px)
+  redis.call('PEXPIRE', k, px, 'NX')
+  redis.call('PEXPIRE', k, px, 'GT')
 end
 
 -- The keys of one SKU that a reservation's release touches.
@@ -198,8 +233,10 @@ end
 -- ---- purchase_batch ------------------------------------------------------------------
 
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 okkeys, then per attempt
---       u:<userId>, idem:<idempotencyKey>, res:<reservationId>; then, when ARGV[6] is
---       '1', order:<orderId> per attempt
+--       u:<userId>, res:<reservationId>; then, when ARGV[6] is '1', per attempt the
+--       order index hash of its orderId (index_key)
+-- (The stored answers' hashes, idems:<day>, are named from Redis's clock here:
+-- the SKU's slot, as the declared keys.)
 -- ARGV: 1 n, 2 perUserLimit, 3 ttlSec, 4 rlCapacity, 5 rlRate, 6 index ('1' | '0'),
 --       then per attempt: userId, quantity, idempotencyKey, requestHash, reservationId,
 --       orderId, traceId
@@ -211,7 +248,7 @@ local function purchase_batch(keys, args)
   local n = c.int(args[1], 'n (ARGV[1])', 1)
   if args[6] ~= '1' and args[6] ~= '0' then c.fail("index (ARGV[6]) must be '1' or '0'") end
   local index = args[6] == '1'
-  local nkeys = 6 + (index and 4 or 3) * n
+  local nkeys = 6 + (index and 3 or 2) * n
   if #keys ~= nkeys then c.fail(nkeys .. ' keys expected for ' .. n .. ' attempts, got ' .. #keys) end
   if #args ~= 6 + 7 * n then c.fail((6 + 7 * n) .. ' arguments expected for ' .. n .. ' attempts, got ' .. #args) end
   local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
@@ -219,11 +256,12 @@ local function purchase_batch(keys, args)
   local prefix = c.prefix
 
   -- Every attempt is checked before anything is written: a bad one fails the call.
-  -- Attempt i's arguments are ARGV[a + 1..7] and its keys KEYS[k + 1..3] (a, k
+  -- Attempt i's arguments are ARGV[a + 1..7] and its keys KEYS[k + 1..2] (a, k
   -- below), read from there: no table per attempt.
   local qtys, seen, resKeys, qtyOf = {}, {}, {}, {}
+  local idemList, idemSeen = {}, {}   -- the distinct idempotency keys, in order
   for i = 1, n do
-    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
+    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 2
     local userId = c.text(a + 1, 'userId')
     -- the usual case checked without building c.int's label (a number to
     -- format), and once per distinct text
@@ -239,15 +277,16 @@ local function purchase_batch(keys, args)
     local resId = c.text(a + 5, 'reservationId')
     local orderId = c.text(a + 6, 'orderId')
     if keys[k + 1] ~= prefix .. 'u:' .. userId then c.key(k + 1, 'u:' .. userId) end
-    if keys[k + 2] ~= prefix .. 'idem:' .. args[a + 3] then c.key(k + 2, 'idem:' .. args[a + 3]) end
-    if keys[k + 3] ~= prefix .. 'res:' .. resId then c.key(k + 3, 'res:' .. resId) end
+    if keys[k + 2] ~= prefix .. 'res:' .. resId then c.key(k + 2, 'res:' .. resId) end
     if index then
-      local ik = 6 + 3 * n + i
-      if keys[ik] ~= 'order:' .. orderId then c.fail('KEYS[' .. ik .. '] must be order:' .. orderId) end
+      local ik = 6 + 2 * n + i
+      if keys[ik] ~= index_key(orderId) then c.fail('KEYS[' .. ik .. '] must be ' .. index_key(orderId)) end
     end
     if seen[resId] then c.fail('reservationId ' .. resId .. ' appears twice') end
     seen[resId] = true
-    qtys[i], resKeys[i] = qty, keys[k + 3]
+    qtys[i], resKeys[i] = qty, keys[k + 2]
+    local idem = args[a + 3]
+    if idem ~= '' and not idemSeen[idem] then idemSeen[idem] = true; idemList[#idemList + 1] = idem end
   end
   if redis.call('EXISTS', unpack(resKeys)) > 0 then
     for i = 1, n do
@@ -274,6 +313,7 @@ local function purchase_batch(keys, args)
   local nowText, expiresText = tostring(now), tostring(expiresAt)
   local expiresArg = int_arg(expiresAt)
   local indexPx = int_arg(math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
+  local idemToday, idemYesterday, idemExpireAt = idem_days(prefix, now)
   local unitPrice = tonumber(price)
   -- JSON pieces of the stored records and events (strings: cjson.encode never raises)
   local genJson, skuJson, priceJson = cjson.encode(gen), cjson.encode(c.sku), cjson.encode(price)
@@ -291,10 +331,21 @@ local function purchase_batch(keys, args)
   -- attempt sees what an earlier one did, as it would one call later.
   local stock                      -- read when an attempt first needs it
   local users, userOrder = {}, {}  -- userKey -> { held, tokens, ts, fullAt, ... }
-  local idems = {}                 -- idemKey -> stored record | false, as read
-  local stored = {}                -- idemKey -> i: attempt i of this call stored its answer there
+  local idems = {}                 -- idempotency key -> stored record text, as read (absent: none)
+  local stored = {}                -- idempotency key -> i: attempt i of this call stored its answer
   local taken, zadd, okKeys, events = 0, {}, {}, {}
+  local idemWrites = {}            -- HSET arguments of the answers stored by this call
+  local indexWrites = {}           -- index hash -> its HSET arguments
   local answers = {}               -- i -> attempt i's answer (JSON text)
+
+  -- Every stored answer the batch may replay, in one read per day's hash.
+  if #idemList > 0 then
+    local t, y = redis.call('HMGET', idemToday, unpack(idemList)), redis.call('HMGET', idemYesterday, unpack(idemList))
+    for j = 1, #idemList do
+      local raw = t[j] or y[j]
+      if raw then idems[idemList[j]] = raw end
+    end
+  end
 
   -- One read of a user's key; a key of another sale generation counts as empty.
   local function user(k)
@@ -327,22 +378,21 @@ local function purchase_batch(keys, args)
     local a = 6 + (i - 1) * 7
     local idem = args[a + 3]
     if idem ~= '' then
-      local idemKey = keys[6 + (i - 1) * 3 + 2]
-      redis.call('SET', idemKey, '{"userId":' .. (userJson or cjson.encode(args[a + 1])) .. ',"requestHash":' ..
-        cjson.encode(args[a + 4]) .. ',"gen":' .. genJson .. ',"result":' .. text .. '}', 'PX', IDEM_TTL_MS_ARG)
-      stored[idemKey] = i
+      idemWrites[#idemWrites + 1] = idem
+      idemWrites[#idemWrites + 1] = '{"userId":' .. (userJson or cjson.encode(args[a + 1])) .. ',"requestHash":' ..
+        cjson.encode(args[a + 4]) .. ',"gen":' .. genJson .. ',"result":' .. text .. '}'
+      stored[idem] = i
       if not soldOut then okKeys[#okKeys + 1] = idem end
     end
     return text
   end
 
   local function attempt(i)
-    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 3
+    local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 2
     local userId, qty, idem = args[a + 1], qtys[i], args[a + 3]
     -- 1. Idempotency: a stored answer of this sale generation is the answer.
     if idem ~= '' then
-      local idemKey = keys[k + 2]
-      local j = stored[idemKey]
+      local j = stored[idem]
       if j then
         -- stored by attempt j of this call, of this generation: its record is
         -- attempt j's userId, requestHash and answer
@@ -351,12 +401,8 @@ local function purchase_batch(keys, args)
         if args[b + 4] ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
         return '{"result":' .. answers[j] .. ',"code":"REPLAY"}'
       end
-      local rec = idems[idemKey]
-      if rec == nil then
-        local raw = redis.call('GET', idemKey)
-        rec = raw and cjson.decode(raw) or false
-        idems[idemKey] = rec
-      end
+      local rec = idems[idem]
+      if type(rec) == 'string' then rec = cjson.decode(rec); idems[idem] = rec end
       if rec and rec.gen == gen then
         if rec.userId ~= userId then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
         if rec.requestHash ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
@@ -411,7 +457,7 @@ local function purchase_batch(keys, args)
       qtyTexts[qty] = qt
     end
     local resId, orderId, traceId = args[a + 5], args[a + 6], args[a + 7]
-    redis.call('HSET', keys[k + 3], 'userId', userId, 'orderId', orderId, 'quantity', qt[1],
+    redis.call('HSET', keys[k + 2], 'userId', userId, 'orderId', orderId, 'quantity', qt[1],
       'unitPrice', price, 'status', 'PENDING', 'expiresAt', expiresText,
       'createdAt', nowText, 'updatedAt', nowText, 'traceId', traceId)
     -- The event and the answer are written as JSON text from their pieces
@@ -426,7 +472,11 @@ local function purchase_batch(keys, args)
     zadd[#zadd + 1] = expiresArg
     zadd[#zadd + 1] = resId
     if index then
-      redis.call('SET', keys[6 + 3 * n + i], c.sku .. ':' .. resId, 'PX', indexPx)
+      local ik = keys[6 + 2 * n + i]
+      local w = indexWrites[ik]
+      if not w then w = {}; indexWrites[ik] = w; indexWrites[#indexWrites + 1] = ik end
+      w[#w + 1] = orderId
+      w[#w + 1] = c.sku .. ':' .. resId
     end
     if not expiresJson then
       unitPricePart = unitPrice == nil and '' or ',"unitPrice":' .. cjson.encode(unitPrice)
@@ -451,9 +501,17 @@ local function purchase_batch(keys, args)
     -- and send, instead of one per ticket sold.
     redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', '[' .. table.concat(events, ',') .. ']')
   end
+  if #idemWrites > 0 then
+    redis.call('HSET', idemToday, unpack(idemWrites))
+    redis.call('PEXPIREAT', idemToday, int_arg(idemExpireAt))
+  end
   if #okKeys > 0 then
     redis.call('SADD', okKeysKey, unpack(okKeys))
-    redis.call('PEXPIRE', okKeysKey, IDEM_TTL_MS_ARG)
+    redis.call('PEXPIRE', okKeysKey, OKKEYS_TTL_MS_ARG)
+  end
+  for _, ik in ipairs(indexWrites) do
+    redis.call('HSET', ik, unpack(indexWrites[ik]))
+    keep_index(ik, indexPx)
   end
   for _, k in ipairs(userOrder) do
     local u = users[k]
@@ -625,6 +683,23 @@ local function status(keys, args)
   return cjson.encode(answer)
 end
 
+-- ---- order_index -----------------------------------------------------------------------
+
+-- The host's write of one order's index entry, where purchase_batch cannot
+-- write it (on a cluster the index hash is in another slot than the SKU).
+-- KEYS: 1 the index hash (index_key).  ARGV: 1 orderId, 2 '<skuId>:<reservationId>',
+-- 3 life in ms.  Answer: 1.
+local function order_index(keys, args)
+  if keys[1] ~= index_key(args[1] or '') or (args[2] or '') == '' then
+    return redis.error_reply('ERR flashhost order_index: KEYS[1] must be the index hash of ARGV[1], ARGV[2] the reference')
+  end
+  local px = tonumber(args[3])
+  if not px or px < 1 or px % 1 ~= 0 then return redis.error_reply('ERR flashhost order_index: life (ARGV[3]) must be an integer >= 1') end
+  redis.call('HSET', keys[1], args[1], args[2])
+  keep_index(keys[1], args[3])
+  return 1
+end
+
 -- ---- lease ---------------------------------------------------------------------------
 
 -- A lease held by one owner at a time, renewed by its holder; a holder that dies
@@ -657,3 +732,4 @@ redis.register_function('release', release)
 redis.register_function('expire', expire)
 redis.register_function{ function_name = 'status', callback = status, flags = { 'no-writes' } }
 redis.register_function('lease', lease)
+redis.register_function('order_index', order_index)

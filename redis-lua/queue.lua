@@ -221,7 +221,7 @@ local function queue_advance(keys, args)
   for _, s in ipairs(due) do
     redis.call('ZREM', k.live, s)
     if redis.call('SISMEMBER', k.used, s) == 0 then
-      if redis.call('EXISTS', p .. 'idem:' .. QUEUE_IDEM_PREFIX .. gen .. ':' .. s) == 1 then
+      if idem_stored(p, now, QUEUE_IDEM_PREFIX .. gen .. ':' .. s) then
         -- bought, but the app's note of it was lost: count it now
         redis.call('SADD', k.used, s)
         used_late = used_late + 1

@@ -2,8 +2,8 @@
 -- index and the reservation hash, and the SQL of the orders table.  The order
 -- routes (lib/orders.lua) ask this module and never spell a key or a query.
 --
--- An order is found through the index order:<id> -> "sku:reservation"
--- (written with the reservation) or, once the order worker wrote it, in
+-- An order is found through the index (lib/stock.index_key: orderId ->
+-- "sku:reservation", written with the reservation) or, once the order worker wrote it, in
 -- MySQL.  MySQL also answers when the index is there but the reservation is
 -- not (a Redis restarted from a repaired append-only file can have lost it).
 local stock = require "lib.stock"
@@ -22,7 +22,7 @@ end
 
 -- locate(redis, db, orderId) -> { sku, reservationId, row? } | nil, "missing" | nil, "unavailable", err
 function M.locate(redis, db, orderId)
-  local ref, err = redis:call("GET", stock.order_key(orderId))
+  local ref, err = stock.read_index(redis, orderId)
   if type(ref) == "string" then
     local sku, resId = ref:match("^(%d+):(%d+)$")
     if sku then return { sku = sku, reservationId = resId } end

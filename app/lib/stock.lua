@@ -80,14 +80,14 @@ function M.purchase_batch(redis, sku, attempts, rules, with_index)
   for i = 1, n do
     local p, ids = attempts[i].p, attempts[i].ids
     local idem = p.idempotencyKey or ""
-    keys[nk + 1], keys[nk + 2], keys[nk + 3] = k .. "u:" .. p.userId, k .. "idem:" .. idem, k .. "res:" .. ids.reservationId
-    nk = nk + 3
+    keys[nk + 1], keys[nk + 2] = k .. "u:" .. p.userId, k .. "res:" .. ids.reservationId
+    nk = nk + 2
     args[na + 1], args[na + 2], args[na + 3], args[na + 4] = p.userId, p.quantity, idem, M.fingerprint(p)
     args[na + 5], args[na + 6], args[na + 7] = ids.reservationId, ids.orderId, ids.traceId or ""
     na = na + 7
   end
   if with_index then
-    for i = 1, n do keys[nk + i] = M.order_key(attempts[i].ids.orderId) end
+    for i = 1, n do keys[nk + i] = M.index_key(attempts[i].ids.orderId) end
   end
   local list, kind, detail = decode(redis:fcall("purchase_batch", keys, args))
   if not list then return nil, kind, detail end
@@ -150,7 +150,21 @@ end
 -- Every SKU that ever had a sale: the cleanup job and the admin page walk it.
 M.SKU_SET = "flash:skus"
 
--- orderId -> "skuId:reservationId", so the order routes can find a reservation.
-function M.order_key(orderId) return "order:" .. orderId end
+-- The order index: the hash that maps orderId -> "skuId:reservationId", so
+-- the order routes can find a reservation.  One hash holds the ids of some
+-- four minutes (all digits but the last 12 of a snowflake): the library's
+-- index_key, which purchase_batch checks this against.
+function M.index_key(orderId) return "orderidx:" .. orderId:sub(1, -13) end
+
+-- The index entry of one order, written by the host (on a cluster, where
+-- purchase_batch cannot): it lives ttl_sec plus a day.
+function M.write_index(redis, orderId, ref, ttl_sec)
+  return redis:fcall("order_index", { M.index_key(orderId) }, { orderId, ref, (math.floor(ttl_sec) + 86400) * 1000 })
+end
+
+-- The index entry of an order: "skuId:reservationId" | nil | nil, err
+function M.read_index(redis, orderId)
+  return redis:call("HGET", M.index_key(orderId), orderId)
+end
 
 return M

@@ -192,13 +192,20 @@ describe('purchase_batch', function()
     local stats = info(r.client, 'commandstats')
     local calls = {}
     for cmd, n in stats:gmatch('cmdstat_([%w|_]+):calls=(%d+)') do calls[cmd] = tonumber(n) end
-    assert.are.same({ time = 1, hgetall = 1, decrby = 1, hincrby = 1, zadd = 1, sadd = 1, pexpire = 1, exists = 1,
-        xadd = 1 },
+    -- pexpire: okkeys, and the index hash's NX and GT; pexpireat: the answers'
+    -- hash, and the 28 users who hold nothing (their key lasts until the bucket is full)
+    assert.are.same({ time = 1, hgetall = 1, decrby = 1, hincrby = 1, zadd = 1, sadd = 1, pexpire = 3, exists = 1,
+        xadd = 1, pexpireat = 1 + 28, get = 1 },
       { time = calls.time, hgetall = calls.hgetall, decrby = calls.decrby, hincrby = calls.hincrby,
-        zadd = calls.zadd, sadd = calls.sadd, pexpire = calls.pexpire, exists = calls.exists, xadd = calls.xadd })
-    -- per attempt: its user key and its idempotency key read; one stock read
-    assert.are.equal(128, calls.hmget)
-    assert.are.equal(128 + 1, calls.get)
+        zadd = calls.zadd, sadd = calls.sadd, pexpire = calls.pexpire, exists = calls.exists, xadd = calls.xadd,
+        pexpireat = calls.pexpireat, get = calls.get })
+    -- per attempt only its user key is read (and the stock once, above); the
+    -- stored answers are read with one HMGET of today's hash and one of yesterday's
+    assert.are.equal(128 + 2, calls.hmget)
+    -- written per attempt: its user key, and a reservation per OK; the 128
+    -- answers and the 100 index entries with one HSET each; no key SET
+    assert.are.equal(128 + 100 + 2, calls.hset)
+    assert.is_nil(calls.set)
     -- the 100 reservations' events travel in the call's one outbox entry
     assert.are.equal(1, r.entries('all'))
     assert.are.equal(100, #r.events('all'))
@@ -208,13 +215,13 @@ describe('purchase_batch', function()
       assert.are.equal('OK', a[i].code)
       assert.are.equal(100 - i, a[i].remaining)
       -- the order index of each reservation, for its TTL and a day
-      assert.are.equal('all:r' .. i, r.client:get('order:o' .. i))
-      local ttl = r.client:ttl('order:o' .. i)
+      assert.are.equal('all:r' .. i, r.client:hget(scripts.index_key('o' .. i), 'o' .. i))
+      local ttl = r.client:ttl(scripts.index_key('o' .. i))
       assert.is_true(ttl > 86400 + 55 and ttl <= 86400 + 60)
     end
     for i = 101, 128 do
       assert.are.same({ code = 'SOLD_OUT', remaining = 0 }, a[i])
-      assert.is_false(r.client:exists('order:o' .. i))
+      assert.is_false(r.client:hexists(scripts.index_key('o' .. i), 'o' .. i))
     end
     local s = r.check('all')
     assert.are.equal(0, s.stock)
@@ -260,15 +267,15 @@ describe('purchase_batch', function()
     it('fails for wrong keys or counts', function()
       unchanged(function()
         local keys, argv = r.batch_args('all', good(3))
-        keys[6 + 3 * 2 + 1] = scripts.keys('all').u('someone')
+        keys[6 + 2 * 2 + 1] = scripts.keys('all').u('someone')
         r.fcall('purchase_batch', keys, argv)
-      end, 'KEYS%[13%]')
+      end, 'KEYS%[11%]')
       r.client:flushdb()
       unchanged(function()
         local keys, argv = r.batch_args('all', good(3), { index = true })
-        keys[#keys] = 'order:other'
+        keys[#keys] = 'orderidx:other'
         r.fcall('purchase_batch', keys, argv)
-      end, 'order:')
+      end, 'must be orderidx:')
       r.client:flushdb()
       unchanged(function()
         local keys, argv = r.batch_args('all', good(3))
@@ -281,6 +288,65 @@ describe('purchase_batch', function()
         argv[6] = 'yes'
         r.fcall('purchase_batch', keys, argv)
       end, 'index')
+    end)
+  end)
+
+  describe('stored answers, one hash a day', function()
+    local K = scripts.keys('all')
+    local DAY = 86400000
+
+    it('replays an answer stored yesterday, and not one of the day before', function()
+      r.sale('all', { initial = 10 })
+      local first = r.purchase('all', 'u1', { key = 'k1' })
+      assert.are.equal('OK', first.code)
+      local today, yesterday = r.idem_days('all')
+      local day = math.floor(r.now() / DAY)
+      local text = r.client:hget(today, 'k1')
+      -- the same record as if stored a day earlier
+      r.client:del(today)
+      r.client:hset(yesterday, 'k1', text)
+      local again = r.purchase('all', 'u1', { key = 'k1' })
+      assert.are.equal('REPLAY', again.code)
+      assert.are.same(first, again.result)
+      -- two days earlier: gone by then (its hash has expired), so not read
+      r.client:del(yesterday)
+      r.client:hset(K.idems(day - 2), 'k1', text)
+      local late = r.purchase('all', 'u1', { key = 'k1', perUserLimit = 5 })
+      assert.are.equal('OK', late.code)
+      assert.are_not.equal(first.reservationId, late.reservationId)
+      -- today's hash expires at the end of tomorrow
+      local pttl = r.client:pttl(today)
+      assert.is_true(pttl > DAY and pttl <= 2 * DAY, tostring(pttl))
+      r.check('all')
+    end)
+  end)
+
+  describe('the order index', function()
+    it('never shortens the life of a hash that sales of longer TTLs share', function()
+      r.sale('all', { initial = 10, ttlSec = 3600 })
+      r.sale('short', { initial = 10, ttlSec = 60 })
+      assert.are.equal('OK', r.batch('all', { { user = 'u1', orderId = 'o1' } }, { index = true })[1].code)
+      assert.are.equal('OK', r.batch('short', { { user = 'u1', orderId = 'o2' } }, { index = true })[1].code)
+      local k = scripts.index_key('o1')
+      assert.are.equal(k, scripts.index_key('o2'))
+      assert.is_true(r.client:ttl(k) > 86400 + 3500)
+      -- each entry leads to its own SKU's reservation
+      local sku, resId = r.client:hget(k, 'o2'):match('^(.-):(.*)$')
+      assert.are.equal('short', sku)
+      assert.are.equal('o2', r.res('short', resId).orderId)
+    end)
+
+    it('is written by order_index where the host writes it (a cluster), with the same care', function()
+      local id = '457000000000123456'
+      local k = scripts.index_key(id)
+      assert.are.equal('orderidx:457000', k)
+      assert.are.equal(1, r.fcall('order_index', { k }, { id, '7:r1', 120000000 }))
+      assert.are.equal(1, r.fcall('order_index', { k }, { '457000000000123457', '7:r2', 1000 }))
+      assert.are.equal('7:r1', r.client:hget(k, id))
+      assert.is_true(r.client:pttl(k) > 119000000)
+      assert.has_error(function() r.fcall('order_index', { 'orderidx:1' }, { id, '7:r1', 1000 }) end)
+      assert.has_error(function() r.fcall('order_index', { k }, { id, '', 1000 }) end)
+      assert.has_error(function() r.fcall('order_index', { k }, { id, '7:r1', 'soon' }) end)
     end)
   end)
 end)

@@ -49,7 +49,7 @@ describe('queue functions', function()
     local a = r.purchase(S, '1', { key = 'k1' })
     assert.are.same({ code = 'QUEUE_TOKEN_REQUIRED' }, a)
     assert.are.equal('5', c:get(K.stock))
-    assert.is_nil(c:get(K.idem('k1')))
+    assert.is_nil(r.idem(S, 'k1'))
     assert.is_false(c:exists(K.u('1')), 'no rate token taken')
     -- a client's key that looks like a token's is still no token
     assert.are.same({ code = 'QUEUE_TOKEN_REQUIRED' }, r.purchase(S, '1', { key = 'q:1' }))
@@ -118,7 +118,7 @@ describe('queue functions', function()
     call('queue_used', 1)
     -- ticket 2 bought, but the app's note was lost: its idempotency key tells
     local gen = meta().gen
-    c:set(K.idem('q ' .. gen .. ':2'), '{}')
+    r.store_idem(S, 'q ' .. gen .. ':2', '{}')
     -- the tokens' expiry, moved into the past instead of waiting for it
     for s = 1, 3 do c:zadd(K.prefix .. 'q:live', 1, tostring(s)) end
     local a = step(0)

@@ -10,7 +10,7 @@ local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$'
 local xrange = redis.command('XRANGE')
 local time = redis.command('TIME')
 
-local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease',
+local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease', 'order_index',
   'queue_setup', 'queue_drop', 'queue_join', 'queue_state', 'queue_order', 'queue_ticket', 'queue_open',
   'queue_advance', 'queue_used', 'queue_rate' } }
 M.root = root
@@ -20,13 +20,17 @@ function M.source()
   return require('app.lib.stock').library_source(root .. 'redis-lua')
 end
 
+-- The order index hash of an order id, named as the app names it.
+function M.index_key(orderId) return require('app.lib.stock').index_key(orderId) end
+
 function M.keys(sku)
   local p = '{sku:' .. sku .. '}:'
   return {
     prefix = p, sale = p .. 'sale', stock = p .. 'stock', counts = p .. 'counts',
     pending = p .. 'pending', outbox = p .. 'outbox',
     u = function(user) return p .. 'u:' .. user end,
-    idem = function(key) return p .. 'idem:' .. key end,
+    -- the stored answers of one day of Redis's clock (day = floor(ms / 86400000))
+    idems = function(day) return p .. 'idems:' .. day end,
     okkeys = p .. 'okkeys',
     res = function(id) return p .. 'res:' .. id end,
   }
@@ -73,13 +77,13 @@ function M.setup(o)
     for _, a in ipairs(attempts) do
       seq = seq + 1
       a.resId, a.orderId, a.key = a.resId or ('r' .. seq), a.orderId or ('o' .. seq), a.key or ''
-      keys[#keys + 1], keys[#keys + 2], keys[#keys + 3] = k.u(a.user), k.idem(a.key), k.res(a.resId)
+      keys[#keys + 1], keys[#keys + 2] = k.u(a.user), k.res(a.resId)
       for _, v in ipairs({ a.user, a.quantity or 1, a.key, a.hash or 'h', a.resId, a.orderId, a.traceId or 'trace-p' }) do
         argv[#argv + 1] = v
       end
     end
     if o.index then
-      for _, a in ipairs(attempts) do keys[#keys + 1] = 'order:' .. a.orderId end
+      for _, a in ipairs(attempts) do keys[#keys + 1] = M.index_key(a.orderId) end
     end
     return keys, argv
   end
@@ -129,6 +133,24 @@ function M.setup(o)
   end
 
   function api.res(sku, id) return client:hgetall(M.keys(sku).res(id)) end
+
+  -- The hash today's stored answers go to, and yesterday's.
+  function api.idem_days(sku)
+    local day = math.floor(api.now() / 86400000)
+    local k = M.keys(sku)
+    return k.idems(day), k.idems(day - 1)
+  end
+
+  -- The stored answer under idempotency key `key` (its JSON text), or nil.
+  function api.idem(sku, key)
+    local today, yesterday = api.idem_days(sku)
+    return client:hget(today, key) or client:hget(yesterday, key)
+  end
+
+  -- Stores `text` as the answer under `key`, as purchase_batch would today.
+  function api.store_idem(sku, key, text)
+    client:hset((api.idem_days(sku)), key, text)
+  end
 
   -- Moves a pending reservation's expiry msAgo into the past, in the hash and the zset.
   function api.backdate(sku, id, msAgo)
