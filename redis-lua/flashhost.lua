@@ -143,16 +143,28 @@ local function emit(s, kind, id, r, status, now, traceId, ...)
     'expiresAt', r.expiresAt, 'ts', tostring(now), 'traceId', traceId, ...)
 end
 
+-- A user's key on a SKU, {sku:S}:u:<userId>, is one string of five fields,
+-- 'gen|held|tokens|ts|fullAt' (an empty one: none), so a batch reads all of
+-- its users with one MGET and writes those who hold tickets with one MSET.
+-- user_fields(text) -> gen, held, tokens, ts, fullAt (texts), or nothing.
+local function user_fields(v)
+  return string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+end
+
 -- The tickets a user holds drop by q.  At zero the key only keeps the token
 -- bucket, and only until the bucket is full again (fullAt): then it is the
 -- same as no key.  A key that holds tickets never expires.
 local function unhold(s, userId, q, now)
   local k = s.prefix .. 'u:' .. userId
-  if redis.call('HINCRBY', k, 'held', -q) > 0 then return end
-  local fullAt = tonumber(redis.call('HGET', k, 'fullAt'))
-  if fullAt and fullAt > now then
-    redis.call('HDEL', k, 'held')
-    redis.call('PEXPIREAT', k, fullAt)
+  local v = redis.call('GET', k)
+  local gen, held, tokens, ts, fullAt
+  if v then gen, held, tokens, ts, fullAt = user_fields(v) end
+  if not gen then redis.call('DEL', k) return end
+  local left = (tonumber(held) or 0) - q
+  if left > 0 then
+    redis.call('SET', k, gen .. '|' .. string.format('%d', left) .. '|' .. tokens .. '|' .. ts .. '|' .. fullAt)
+  elseif (tonumber(fullAt) or 0) > now then
+    redis.call('SET', k, gen .. '|0|' .. tokens .. '|' .. ts .. '|' .. fullAt, 'PXAT', fullAt)
   else
     redis.call('DEL', k)
   end
@@ -260,6 +272,7 @@ local function purchase_batch(keys, args)
   -- below), read from there: no table per attempt.
   local qtys, seen, resKeys, qtyOf = {}, {}, {}, {}
   local idemList, idemSeen = {}, {}   -- the distinct idempotency keys, in order
+  local userKeys, userSeen = {}, {}   -- the distinct user keys, in order
   for i = 1, n do
     local a, k = 6 + (i - 1) * 7, 6 + (i - 1) * 2
     local userId = c.text(a + 1, 'userId')
@@ -287,6 +300,8 @@ local function purchase_batch(keys, args)
     qtys[i], resKeys[i] = qty, keys[k + 2]
     local idem = args[a + 3]
     if idem ~= '' and not idemSeen[idem] then idemSeen[idem] = true; idemList[#idemList + 1] = idem end
+    local uk = keys[k + 1]
+    if not userSeen[uk] then userSeen[uk] = true; userKeys[#userKeys + 1] = uk end
   end
   if redis.call('EXISTS', unpack(resKeys)) > 0 then
     for i = 1, n do
@@ -331,6 +346,7 @@ local function purchase_batch(keys, args)
   -- attempt sees what an earlier one did, as it would one call later.
   local stock                      -- read when an attempt first needs it
   local users, userOrder = {}, {}  -- userKey -> { held, tokens, ts, fullAt, ... }
+  local userText = {}              -- userKey -> its key's text, as read (absent: no key)
   local idems = {}                 -- idempotency key -> stored record text, as read (absent: none)
   local stored = {}                -- idempotency key -> i: attempt i of this call stored its answer
   local taken, zadd, okKeys, events = 0, {}, {}, {}
@@ -347,21 +363,29 @@ local function purchase_batch(keys, args)
     end
   end
 
-  -- One read of a user's key; a key of another sale generation counts as empty.
+  -- Every user of the batch in one read (a sale must exist for any to be asked).
+  if gen then
+    local v = redis.call('MGET', unpack(userKeys))
+    for j = 1, #userKeys do
+      if v[j] then userText[userKeys[j]] = v[j] end
+    end
+  end
+
+  -- A user's state, from the text read; a key of another sale generation
+  -- counts as empty.
   local function user(k)
     local u = users[k]
     if u then return u end
-    local v = redis.call('HMGET', k, 'gen', 'held', 'tokens', 'ts', 'fullAt')
-    if v[1] == gen then
-      -- (the fields that may be set later are named here too, as nil: the
-      -- table is made with room for them instead of growing twice)
-      u = { held = tonumber(v[2]) or 0, tokens = tonumber(v[3]), ts = tonumber(v[4]), fullAt = tonumber(v[5]),
-        mayExpire = false, tokensText = nil, dirty = nil }
-      -- only a key that holds nothing may carry a TTL
-      u.mayExpire = u.held == 0
+    local v = userText[k]
+    local g, held, tokens, ts, fa
+    if v then g, held, tokens, ts, fa = user_fields(v) end
+    if g == gen then
+      -- (tokensText and dirty, set later, are named here too: the table is
+      -- made with room for them instead of growing twice)
+      u = { held = tonumber(held) or 0, tokens = tonumber(tokens), ts = tonumber(ts), fullAt = tonumber(fa),
+        tokensText = nil, dirty = nil }
     else
-      u = { held = 0, stale = v[1] ~= false or v[2] ~= false, tokens = nil, tokensText = nil, ts = nil,
-        fullAt = nil, dirty = nil }
+      u = { held = 0, tokens = nil, tokensText = nil, ts = nil, fullAt = nil, dirty = nil }
     end
     users[k], userOrder[#userOrder + 1] = u, k
     return u
@@ -513,28 +537,31 @@ local function purchase_batch(keys, args)
     redis.call('HSET', ik, unpack(indexWrites[ik]))
     keep_index(ik, indexPx)
   end
+  -- The users changed: those who hold tickets in one MSET (which also drops any
+  -- TTL: held tickets must never expire); one who holds nothing keeps only
+  -- its bucket, until the bucket is full again.
+  local mset = {}
   for _, k in ipairs(userOrder) do
     local u = users[k]
     if u.dirty then
-      if u.stale then redis.call('DEL', k) end
-      local held = int_text(u.held, intTexts)
+      local v = gen .. '|' .. int_text(u.held, intTexts) .. '|'
       if not u.tokens then
-        redis.call('HSET', k, 'gen', gen, 'held', held)
+        v = v .. '||'
       elseif u.tokensText then
         -- the bucket was taken from in this call: its texts are at hand
-        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', u.tokensText, 'ts', nowText, 'fullAt', fullAtText)
+        v = v .. u.tokensText .. '|' .. nowText .. '|' .. fullAtText
       else
-        redis.call('HSET', k, 'gen', gen, 'held', held, 'tokens', tostring(u.tokens), 'ts', tostring(u.ts),
-          'fullAt', tostring(u.fullAt))
+        v = v .. tostring(u.tokens) .. '|' .. tostring(u.ts) .. '|' .. tostring(u.fullAt)
       end
-      -- Held tickets must never expire; an empty key lasts until its bucket is full.
       if u.held > 0 then
-        if u.mayExpire then redis.call('PERSIST', k) end
+        mset[#mset + 1] = k
+        mset[#mset + 1] = v
       else
-        redis.call('PEXPIREAT', k, u.tokensText and fullAtArg or u.fullAt)
+        redis.call('SET', k, v, 'PXAT', u.tokensText and fullAtArg or u.fullAt)
       end
     end
   end
+  if #mset > 0 then redis.call('MSET', unpack(mset)) end
   return '[' .. table.concat(answers, ',') .. ']'
 end
 

@@ -124,7 +124,7 @@ describe("a torn append-only file", function()
     local prefix = "{sku:" .. sku .. "}:"
     assert.are.equal("0", redis("EXISTS", res_key))
     assert.are.equal("", redis("ZSCORE", prefix .. "pending", torn.reservationId))
-    assert.are.equal("", redis("HGET", prefix .. "u:" .. torn_user, "held"))
+    assert.are.equal("0", redis("EXISTS", prefix .. "u:" .. torn_user))
     assert.are.equal("4", redis("ZCARD", prefix .. "pending"))
     assert.are.equal("6", redis("GET", prefix .. "stock"))
     assert.are.equal("4", redis("HGET", prefix .. "counts", "reserved"))

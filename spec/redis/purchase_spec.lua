@@ -123,13 +123,13 @@ describe('purchase', function()
       r.sale(S, { initial = 5 })
       local first = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', rlCapacity = 2, rlRate = 0.001 })
       assert.are.equal('OK', first.code)
-      local tokens = r.client:hget(K.u('u1'), 'tokens')
+      local tokens = r.user(S, 'u1').tokens
       for _ = 1, 5 do
         local again = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', rlCapacity = 2, rlRate = 0.001 })
         assert.are.equal('REPLAY', again.code)
         assert.are.same(first, again.result)
       end
-      assert.are.equal(tokens, r.client:hget(K.u('u1'), 'tokens'))
+      assert.are.equal(tokens, r.user(S, 'u1').tokens)
       local s = r.check(S)
       assert.are.equal(4, s.stock)
       assert.are.equal(1, #r.events(S))
@@ -192,7 +192,7 @@ describe('purchase', function()
       assert.are.equal('OK', r.purchase(S, 'u2', { rlCapacity = 1, rlRate = 0.001, perUserLimit = 0 }).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u2', rl).code)
       assert.is_nil(r.idem(S, 'q'))
-      r.client:hset(K.u('u2'), 'ts', '0')  -- refill the bucket
+      r.patch_user(S, 'u2', { ts = '0' })  -- refill the bucket
       assert.are.equal('OK', r.purchase(S, 'u2', rl).code)
       r.check(S)
     end)
@@ -231,12 +231,12 @@ describe('purchase', function()
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
       -- 1500 s ago at 0.001/s: 1.5 tokens came back
       local now = r.now()
-      r.client:hset(K.u('u1'), 'ts', tostring(now - 1500000))
+      r.patch_user(S, 'u1', { ts = tostring(now - 1500000) })
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
-      assert.is_true(math.abs(tonumber(r.client:hget(K.u('u1'), 'tokens')) - 0.5) < 0.01)
+      assert.is_true(math.abs(tonumber(r.user(S, 'u1').tokens) - 0.5) < 0.01)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
       -- far in the past: never more than capacity
-      r.client:hset(K.u('u1'), 'ts', '0')
+      r.patch_user(S, 'u1', { ts = '0' })
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
       assert.are.equal('OK', r.purchase(S, 'u1', rl).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u1', rl).code)
@@ -268,19 +268,19 @@ describe('purchase', function()
       local a = r.purchase(S, 'u1', { rlCapacity = 4, rlRate = 2 })
       assert.are.equal('OK', a.code)
       assert.are.equal(-1, r.client:pttl(K.u('u1')))
-      assert.are.equal('1', r.client:hget(K.u('u1'), 'held'))
+      assert.are.equal('1', r.user(S, 'u1').held)
       -- given back: the bucket alone lasts until it is full again
       assert.are.equal('OK', r.release(S, a.reservationId, 'canceled').code)
       ttl = r.client:pttl(K.u('u1'))
       assert.is_true(ttl > 1500 and ttl <= 2000, 'ttl ' .. ttl)
-      assert.is_false(r.client:hexists(K.u('u1'), 'held'))
+      assert.are.equal(0, tonumber(r.user(S, 'u1').held or 0))
       r.check(S)
     end)
 
     it('is off with rlCapacity 0, and the sale hash wins over the app default', function()
       r.sale(S, { initial = 10 })
       for _ = 1, 5 do assert.are.equal('OK', r.purchase(S, 'u1', { rlCapacity = 0, perUserLimit = 0 }).code) end
-      assert.is_false(r.client:hexists(K.u('u1'), 'tokens'))  -- the key holds the tickets only
+      assert.is_nil(r.user(S, 'u1').tokens)  -- the key holds the tickets only
       r.sale(S, { initial = 10, rlCapacity = 1, rlRate = 0.001 })
       assert.are.equal('OK', r.purchase(S, 'u2', { rlCapacity = 0, perUserLimit = 0 }).code)
       assert.are.equal('RATE_LIMITED', r.purchase(S, 'u2', { rlCapacity = 0, perUserLimit = 0 }).code)

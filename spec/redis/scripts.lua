@@ -23,6 +23,22 @@ end
 -- The order index hash of an order id, named as the app names it.
 function M.index_key(orderId) return require('app.lib.stock').index_key(orderId) end
 
+-- A user key's text 'gen|held|tokens|ts|fullAt' as a table of its non-empty fields.
+local USER_FIELDS = { 'gen', 'held', 'tokens', 'ts', 'fullAt' }
+function M.user_fields(v)
+  local parts = { v:match('^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$') }
+  assert(#parts == 5, 'a user key holds ' .. v)
+  local u = {}
+  for i, f in ipairs(USER_FIELDS) do if parts[i] ~= '' then u[f] = parts[i] end end
+  return u
+end
+
+function M.user_text(u)
+  local parts = {}
+  for i, f in ipairs(USER_FIELDS) do parts[i] = u[f] or '' end
+  return table.concat(parts, '|')
+end
+
 function M.keys(sku)
   local p = '{sku:' .. sku .. '}:'
   return {
@@ -134,6 +150,28 @@ function M.setup(o)
 
   function api.res(sku, id) return client:hgetall(M.keys(sku).res(id)) end
 
+  -- User `id`'s key on SKU `sku` as its fields { gen, held, tokens, ts, fullAt }
+  -- (texts; an empty field is absent), or nil when there is no key.
+  function api.user(sku, id)
+    local v = client:get(M.keys(sku).u(id))
+    return v and M.user_fields(v)
+  end
+
+  -- Writes user `id`'s key from fields as api.user gives them (no TTL).
+  function api.set_user(sku, id, u)
+    client:set(M.keys(sku).u(id), M.user_text(u))
+  end
+
+  -- Changes some fields of user `id`'s key, keeping the others and its TTL.
+  function api.patch_user(sku, id, changes)
+    local u = assert(api.user(sku, id), 'no key of user ' .. id)
+    for f, v in pairs(changes) do u[f] = v end
+    local k = M.keys(sku).u(id)
+    local ttl = client:pttl(k)
+    client:set(k, M.user_text(u))
+    if ttl > 0 then client:pexpire(k, ttl) end
+  end
+
   -- The hash today's stored answers go to, and yesterday's.
   function api.idem_days(sku)
     local day = math.floor(api.now() / 86400000)
@@ -198,7 +236,7 @@ function M.setup(o)
       local page = scan(client, cursor, 'MATCH', k.prefix .. 'u:*', 'COUNT', 1000)
       cursor = page[1]
       for _, key in ipairs(page[2]) do
-        local u = client:hgetall(key)
+        local u = M.user_fields(client:get(key))
         local held = tonumber(u.held) or 0
         assert.is_true(held >= 0, key .. ' holds a negative count')
         if u.gen == sale.gen and held > 0 then s.users[key:sub(#k.prefix + 3)] = held end
