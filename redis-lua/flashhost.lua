@@ -156,7 +156,13 @@ end
 -- same as no key.  A key that holds tickets never expires.
 local function unhold(s, userId, q, now)
   local k = s.prefix .. 'u:' .. userId
-  local v = redis.call('GET', k)
+  local v = redis.pcall('GET', k)
+  if type(v) == 'table' and v.err then
+    -- a user key of before user keys were strings (a hash): its reservation
+    -- still gives its tickets back; the key is a string from its next purchase
+    if redis.call('HINCRBY', k, 'held', -q) <= 0 then redis.call('HDEL', k, 'held') end
+    return
+  end
   local gen, held, tokens, ts, fullAt
   if v then gen, held, tokens, ts, fullAt = user_fields(v) end
   if not gen then redis.call('DEL', k) return end

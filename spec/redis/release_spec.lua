@@ -13,6 +13,21 @@ describe('release', function()
 
   after_each(function() if r then r.client:quit() end r = nil end)
 
+  it('gives tickets back through a user key of the older hash form', function()
+    local a = r.purchase(S, 'u1', { quantity = 2, perUserLimit = 3 })
+    assert.are.equal('OK', a.code)
+    -- the key as a version before string user keys left it
+    r.client:del(K.u('u1'))
+    r.client:hset(K.u('u1'), 'gen', r.client:hget(K.sale, 'gen'), 'held', '2')
+    assert.are.equal('OK', r.release(S, a.reservationId, 'canceled').code)
+    assert.is_false(r.client:hexists(K.u('u1'), 'held'))
+    assert.are.equal('4', r.client:get(K.stock))
+    -- the next purchase makes it a string again
+    assert.are.equal('OK', r.purchase(S, 'u1').code)
+    assert.are.equal('1', r.user(S, 'u1').held)
+    r.check(S)
+  end)
+
   describe('canceled', function()
     it('returns the tickets to stock once: counts, user, index, status, one canceled event', function()
       local a = r.purchase(S, 'u1', { quantity = 3, perUserLimit = 3, traceId = 'tr-buy' })
