@@ -114,6 +114,23 @@ local function hash(k)
   return t
 end
 
+-- A reservation, {sku:S}:res:<id>, is one string: a JSON object whose values
+-- are texts (userId, orderId, quantity, unitPrice, status, expiresAt,
+-- createdAt, updatedAt, traceId; paymentRef once confirmed), so that
+-- purchase_batch writes a batch's reservations in its one MSET.
+-- reservation(k) -> fields | nil (no such key).  A reservation of before
+-- they were strings is a hash: read as such, and a string from its next save.
+local function reservation(k)
+  local v = redis.pcall('GET', k)
+  if type(v) == 'table' and v.err then return hash(k) end
+  return v and cjson.decode(v) or nil
+end
+
+-- A reservation that left PENDING is kept a day more (RES_KEEP_MS).
+local function save_finished(k, r)
+  redis.call('SET', k, cjson.encode(r), 'PX', RES_KEEP_MS)
+end
+
 -- The order index: order id -> '<skuId>:<reservationId>', so the order routes
 -- find a reservation from an order id.  The ids of a few minutes share one
 -- hash (ids are time-ordered snowflakes: all digits but the last 12, some 4
@@ -187,9 +204,8 @@ local function release_reservation(s, id, resKey, r, status, now, traceId)
   redis.call('HINCRBY', s.counts, kind, q)
   unhold(s, r.userId, q, now)
   redis.call('ZREM', s.pending, id)
-  redis.call('HSET', resKey, 'status', status, 'updatedAt', tostring(now))
-  redis.call('PEXPIRE', resKey, RES_KEEP_MS)
-  r.status = status
+  r.status, r.updatedAt = status, tostring(now)
+  save_finished(resKey, r)
   emit(s, kind, id, r, status, now, traceId)
 end
 
@@ -221,7 +237,7 @@ local function sale(keys, args)
   local canceled = 0
   for _, id in ipairs(redis.call('ZRANGE', s.pending, 0, -1)) do
     local resKey = c.prefix .. 'res:' .. id
-    local r = hash(resKey)
+    local r = reservation(resKey)
     if r and r.status == 'PENDING' then
       release_reservation(s, id, resKey, r, 'CANCELED', now, traceId ~= '' and traceId or r.traceId)
       canceled = canceled + 1
@@ -359,6 +375,7 @@ local function purchase_batch(keys, args)
   local idemWrites = {}            -- HSET arguments of the answers stored by this call
   local indexWrites = {}           -- index hash -> its HSET arguments
   local answers = {}               -- i -> attempt i's answer (JSON text)
+  local mset = {}                  -- MSET arguments: the new reservations, then the users who hold tickets
 
   -- Every stored answer the batch may replay, in one read per day's hash.
   if #idemList > 0 then
@@ -487,18 +504,20 @@ local function purchase_batch(keys, args)
       qtyTexts[qty] = qt
     end
     local resId, orderId, traceId = args[a + 5], args[a + 6], args[a + 7]
-    redis.call('HSET', keys[k + 2], 'userId', userId, 'orderId', orderId, 'quantity', qt[1],
-      'unitPrice', price, 'status', 'PENDING', 'expiresAt', expiresText,
-      'createdAt', nowText, 'updatedAt', nowText, 'traceId', traceId)
-    -- The event and the answer are written as JSON text from their pieces
-    -- (ids escaped by cjson.encode as any string), in the key order cjson
-    -- gave the tables they replace: the same text.
-    local resJson, orderJson, userJson = cjson.encode(resId), cjson.encode(orderId), cjson.encode(userId)
+    -- The reservation, the event and the answer are written as JSON text from
+    -- their pieces (ids escaped by cjson.encode as any string); the event and
+    -- the answer in the key order cjson gave the tables they replace: the same text.
+    local resJson, orderJson, userJson, traceJson = cjson.encode(resId), cjson.encode(orderId), cjson.encode(userId),
+      cjson.encode(traceId)
+    mset[#mset + 1] = keys[k + 2]
+    mset[#mset + 1] = '{"userId":' .. userJson .. ',"orderId":' .. orderJson .. ',"quantity":' .. qt[2] ..
+      ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. ',"createdAt":' ..
+      nowTextJson .. ',"updatedAt":' .. nowTextJson .. ',"traceId":' .. traceJson .. '}'
     -- eventId '<resId>:reserved': resId's JSON string with the suffix before its closing quote
     events[#events + 1] = '{"eventId":' .. string.sub(resJson, 1, -2) .. ':reserved","type":"reserved","skuId":' ..
       skuJson .. ',"orderId":' .. orderJson .. ',"userId":' .. userJson .. ',"quantity":' .. qt[2] ..
       ',"reservationId":' .. resJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
-      ',"traceId":' .. cjson.encode(traceId) .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
+      ',"traceId":' .. traceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
     zadd[#zadd + 1] = expiresArg
     zadd[#zadd + 1] = resId
     if index then
@@ -543,10 +562,9 @@ local function purchase_batch(keys, args)
     redis.call('HSET', ik, unpack(indexWrites[ik]))
     keep_index(ik, indexPx)
   end
-  -- The users changed: those who hold tickets in one MSET (which also drops any
-  -- TTL: held tickets must never expire); one who holds nothing keeps only
-  -- its bucket, until the bucket is full again.
-  local mset = {}
+  -- The users changed: those who hold tickets join the reservations in the
+  -- one MSET (which also drops any TTL: held tickets must never expire); one
+  -- who holds nothing keeps only its bucket, until the bucket is full again.
   for _, k in ipairs(userOrder) do
     local u = users[k]
     if u.dirty then
@@ -587,7 +605,7 @@ local function confirm(keys, args)
   local c, id, resKey, s = reservation_call('confirm', keys, args)
   local paymentRef, userId, traceId = args[2] or '', args[3] or '', args[4] or ''
   local now = now_ms()
-  local r = hash(resKey)
+  local r = reservation(resKey)
   if not r then return cjson.encode({ code = 'NOT_FOUND', reservationId = id }) end
   local function answer(code)
     return cjson.encode({ code = code, reservationId = id, orderId = r.orderId, userId = r.userId,
@@ -612,9 +630,8 @@ local function confirm(keys, args)
   redis.call('HINCRBY', s.counts, 'reserved', -q)
   redis.call('HINCRBY', s.counts, 'sold', q)
   redis.call('ZREM', s.pending, id)
-  redis.call('HSET', resKey, 'status', 'CONFIRMED', 'paymentRef', paymentRef, 'updatedAt', tostring(now))
-  redis.call('PEXPIRE', resKey, RES_KEEP_MS)
-  r.status, r.paymentRef = 'CONFIRMED', paymentRef
+  r.status, r.paymentRef, r.updatedAt = 'CONFIRMED', paymentRef, tostring(now)
+  save_finished(resKey, r)
   emit(s, 'confirmed', id, r, 'CONFIRMED', now, traceId, 'paymentRef', paymentRef)
   return answer('OK')
 end
@@ -626,7 +643,7 @@ local function release(keys, args)
   if reason ~= 'canceled' and reason ~= 'expired' then c.fail("reason (ARGV[2]) must be 'canceled' or 'expired'") end
   local userId, traceId = args[3] or '', args[4] or ''
   local now = now_ms()
-  local r = hash(resKey)
+  local r = reservation(resKey)
   if not r then return cjson.encode({ code = 'NOT_FOUND', reservationId = id }) end
   local function answer(code)
     return cjson.encode({ code = code, reservationId = id, orderId = r.orderId, userId = r.userId,
@@ -672,8 +689,8 @@ local function expire(keys, args)
   local n = 0
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', s.pending, '-inf', now, 'LIMIT', 0, limit)) do
     local resKey = c.prefix .. 'res:' .. id
-    local r = hash(resKey)
-    -- The reservation hash is the truth and the zset only its index: an entry whose
+    local r = reservation(resKey)
+    -- The reservation is the truth and the zset only its index: an entry whose
     -- reservation is gone or finished is dropped, one whose expiresAt moved is re-indexed.
     if not r or r.status ~= 'PENDING' then
       redis.call('ZREM', s.pending, id)
@@ -709,7 +726,8 @@ local function status(keys, args)
     local prefix = string.match(keys[1], '^({sku:[^}]+}:)')
     local qty = 0
     for _, id in ipairs(redis.call('ZRANGE', keys[4], 0, -1)) do
-      qty = qty + (tonumber(redis.call('HGET', prefix .. 'res:' .. id, 'quantity')) or 0)
+      local r = reservation(prefix .. 'res:' .. id)
+      qty = qty + (r and tonumber(r.quantity) or 0)
     end
     answer.pendingQuantity = qty
   end

@@ -143,7 +143,7 @@ function M.internal()
   return 500, { success = false, error = "INTERNAL", message = "internal error" }
 end
 
--- An order as GET /api/v1/orders/:id shows it, from its reservation hash in
+-- An order as GET /api/v1/orders/:id shows it, from its reservation in
 -- Redis or from its row in MySQL.  Times as in a purchase answer: expiresAt
 -- in epoch ms, expiresAtIso the same instant as text.
 function M.order_view(orderId, loc, h)

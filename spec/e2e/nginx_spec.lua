@@ -34,7 +34,8 @@ end
 local RES_SCRIPT = [==[
 local out = {}
 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  out[#out + 1] = k .. '|' .. (redis.call('HGET', k, 'orderId') or '') .. '|' .. (redis.call('HGET', k, 'traceId') or '')
+  local r = cjson.decode(redis.call('GET', k))
+  out[#out + 1] = k .. '|' .. (r.orderId or '') .. '|' .. (r.traceId or '')
 end
 return out]==]
 -- (an entry of a purchase_batch call holds its events as a JSON array)

@@ -99,15 +99,16 @@ describe("a torn append-only file", function()
     T.signal(pid, "KILL")
     T.wait_for("Redis to die", function() return not T.alive(pid) end, 5)
 
-    -- cut inside the last purchase's block: after its reservation hash and
-    -- its stock and counts writes, in the middle of the pending ZADD, so
-    -- the block holds half a purchase
+    -- cut inside the last purchase's block: after its stock, counts and
+    -- pending writes, in the middle of the MSET that writes its reservation
+    -- and its user, so the block holds half a purchase
     local aof = read(file)
     local multi = assert(last_find(aof, "*1\r\n$5\r\nMULTI\r\n"), "no MULTI in the AOF")
     local res_at = assert(aof:find(res_key, multi, true), "the reservation is not in the last block")
-    local at = assert(aof:find("ZADD", multi, true), "no ZADD in the last block")
-    assert.truthy(res_at < at, "the reservation is written before the pending entry")
-    assert.truthy(aof:find("DECRBY", multi, true) < at, "stock is written before the pending entry")
+    local at = assert(aof:find("MSET", multi, true), "no MSET in the last block")
+    assert.truthy(at < res_at, "the reservation is written by the MSET")
+    assert.truthy(aof:find("ZADD", multi, true) < at, "the pending entry is written before the reservation")
+    assert.truthy(aof:find("DECRBY", multi, true) < at, "stock is written before the reservation")
     assert.is_nil(aof:find("MULTI", at, true), "nothing after the torn block")
     local cut = at + 5
     assert.are.equal(0, select(2, T.sh(("truncate -s %d %s"):format(cut, T.q(file)))))

@@ -13,6 +13,19 @@ describe('confirm', function()
 
   after_each(function() if r then r.client:quit() end r = nil end)
 
+  it('confirms a reservation of the older hash form, which is a string from then on', function()
+    local a = r.purchase(S, 'u1', { quantity = 2, perUserLimit = 2 })
+    local fields = r.res(S, a.reservationId)
+    r.client:del(K.res(a.reservationId))
+    for f, v in pairs(fields) do r.client:hset(K.res(a.reservationId), f, v) end
+    assert.are.equal('OK', r.confirm(S, a.reservationId, { paymentRef = 'pay-1' }).code)
+    local res = r.res(S, a.reservationId)
+    assert.are.equal('CONFIRMED', res.status)
+    assert.are.equal(a.orderId, res.orderId)
+    assert.are.equal('ALREADY_CONFIRMED', r.confirm(S, a.reservationId).code)
+    r.check(S)
+  end)
+
   it('confirms a pending reservation: reserved -> sold, out of the pending index, one confirmed event', function()
     local a = r.purchase(S, 'u1', { quantity = 2, perUserLimit = 2, traceId = 'tr-buy' })
     local c = r.confirm(S, a.reservationId, { paymentRef = 'pay-1' })
@@ -114,7 +127,7 @@ describe('confirm', function()
 
   it('raises an error on a reservation with an unknown status, changing nothing', function()
     local a = r.purchase(S, 'u1')
-    r.client:hset(K.res(a.reservationId), 'status', 'LIMBO')
+    r.patch_res(S, a.reservationId, { status = 'LIMBO' })
     local ok, err = pcall(r.confirm, S, a.reservationId)
     assert.is_false(ok)
     assert.matches('unknown status LIMBO', err)

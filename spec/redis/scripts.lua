@@ -148,7 +148,21 @@ function M.setup(o)
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
 
-  function api.res(sku, id) return client:hgetall(M.keys(sku).res(id)) end
+  -- A reservation's fields (a JSON object of texts in Redis), or {} when there is none.
+  function api.res(sku, id)
+    local v = client:get(M.keys(sku).res(id))
+    return v and cjson.decode(v) or {}
+  end
+
+  -- Changes some fields of a reservation, keeping the others and its TTL.
+  function api.patch_res(sku, id, changes)
+    local k = M.keys(sku).res(id)
+    local r = cjson.decode((assert(client:get(k), 'no reservation ' .. id)))
+    for f, v in pairs(changes) do r[f] = v end
+    local ttl = client:pttl(k)
+    client:set(k, cjson.encode(r))
+    if ttl > 0 then client:pexpire(k, ttl) end
+  end
 
   -- User `id`'s key on SKU `sku` as its fields { gen, held, tokens, ts, fullAt }
   -- (texts; an empty field is absent), or nil when there is no key.
@@ -164,7 +178,7 @@ function M.setup(o)
 
   -- Changes some fields of user `id`'s key, keeping the others and its TTL.
   function api.patch_user(sku, id, changes)
-    local u = assert(api.user(sku, id), 'no key of user ' .. id)
+    local u = (assert(api.user(sku, id), 'no key of user ' .. id))
     for f, v in pairs(changes) do u[f] = v end
     local k = M.keys(sku).u(id)
     local ttl = client:pttl(k)
@@ -194,7 +208,7 @@ function M.setup(o)
   function api.backdate(sku, id, msAgo)
     local k = M.keys(sku)
     local at = api.now() - (msAgo or 1000)
-    client:hset(k.res(id), 'expiresAt', tostring(at))
+    api.patch_res(sku, id, { expiresAt = tostring(at) })
     client:zadd(k.pending, at, id)
     return at
   end
