@@ -118,12 +118,17 @@ end
 -- are texts (userId, orderId, quantity, unitPrice, status, expiresAt,
 -- createdAt, updatedAt, traceId; paymentRef once confirmed), so that
 -- purchase_batch writes a batch's reservations in its one MSET.
--- reservation(k) -> fields | nil (no such key).  A reservation of before
+-- reservation(k) -> fields | nil (no such key, or a value that is no JSON
+-- object: read as none rather than raise halfway through a function's writes,
+-- and the reconciliation sees the tickets it held).  A reservation of before
 -- they were strings is a hash: read as such, and a string from its next save.
 local function reservation(k)
   local v = redis.pcall('GET', k)
   if type(v) == 'table' and v.err then return hash(k) end
-  return v and cjson.decode(v) or nil
+  if not v then return nil end
+  local ok, r = pcall(cjson.decode, v)
+  if ok and type(r) == 'table' then return r end
+  return nil
 end
 
 -- A reservation that left PENDING is kept a day more (RES_KEEP_MS).

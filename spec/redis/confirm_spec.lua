@@ -13,6 +13,18 @@ describe('confirm', function()
 
   after_each(function() if r then r.client:quit() end r = nil end)
 
+  it('takes a reservation whose value is no JSON object for none, changing nothing, and a reset goes on', function()
+    local a = r.purchase(S, 'u1', { quantity = 2, perUserLimit = 2 })
+    local b = r.purchase(S, 'u2')
+    r.client:set(K.res(a.reservationId), 'not json')
+    local before = r.state(S)
+    assert.are.same({ code = 'NOT_FOUND', reservationId = a.reservationId }, r.confirm(S, a.reservationId))
+    assert.are.same(before, r.state(S))
+    -- a reset cancels the readable one and skips the other
+    assert.are.equal(1, r.sale(S, { initial = 5, price = 25 }).canceled)
+    assert.are.equal('CANCELED', r.res(S, b.reservationId).status)
+  end)
+
   it('confirms a reservation of the older hash form, which is a string from then on', function()
     local a = r.purchase(S, 'u1', { quantity = 2, perUserLimit = 2 })
     local fields = r.res(S, a.reservationId)
