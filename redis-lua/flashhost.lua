@@ -5,8 +5,8 @@
 --
 -- The library is this file followed by queue.lua (the loader joins them:
 -- app/lib/stock.lua LIBRARY_FILES), so the helpers here serve both.
--- Functions here: sale, purchase_batch, confirm, release, expire, status, lease,
--- order_index;
+-- Functions here: sale, purchase_batch, confirm, release, expire, cancel_pending,
+-- status, lease, order_index;
 -- in queue.lua the waiting room's queue_setup, queue_drop, queue_join,
 -- queue_state, queue_order, queue_ticket, queue_open, queue_advance,
 -- queue_used, queue_rate.
@@ -214,6 +214,24 @@ local function release_reservation(s, id, resKey, r, status, now, traceId)
   emit(s, kind, id, r, status, now, traceId)
 end
 
+-- Cancels the pending reservations `ids` as a sale's reset does: a buyer's
+-- cancel, whatever their expiry (one 'canceled' event each).  An index entry
+-- without a PENDING reservation is dropped.  Returns how many were canceled.
+local function cancel_pending_ids(c, s, ids, now, traceId)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local resKey = c.prefix .. 'res:' .. id
+    local r = reservation(resKey)
+    if r and r.status == 'PENDING' then
+      release_reservation(s, id, resKey, r, 'CANCELED', now, traceId ~= '' and traceId or r.traceId)
+      n = n + 1
+    else
+      redis.call('ZREM', s.pending, id)
+    end
+  end
+  return n
+end
+
 -- ---- sale ------------------------------------------------------------------------
 
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox
@@ -238,16 +256,10 @@ local function sale(keys, args)
 
   local now = now_ms()
   -- A reset first cancels every reservation still pending, like a buyer's cancel
-  -- (one 'canceled' event each, so the order store learns of it).
-  local canceled = 0
-  for _, id in ipairs(redis.call('ZRANGE', s.pending, 0, -1)) do
-    local resKey = c.prefix .. 'res:' .. id
-    local r = reservation(resKey)
-    if r and r.status == 'PENDING' then
-      release_reservation(s, id, resKey, r, 'CANCELED', now, traceId ~= '' and traceId or r.traceId)
-      canceled = canceled + 1
-    end
-  end
+  -- (one 'canceled' event each, so the order store learns of it).  The app
+  -- cancels most of them beforehand in steps (cancel_pending), so this walk
+  -- is short.
+  local canceled = cancel_pending_ids(c, s, redis.call('ZRANGE', s.pending, 0, -1), now, traceId)
 
   -- gen tells this sale from earlier ones: idempotency answers and user keys of
   -- another generation count as absent, so a reset needs no scan of them.  Taken
@@ -710,6 +722,23 @@ local function expire(keys, args)
   return cjson.encode({ code = 'OK', expired = n, more = more })
 end
 
+-- ---- cancel_pending -------------------------------------------------------------------
+
+-- A reset's cancels, a step at a time: up to `limit` pending reservations
+-- (the oldest first) canceled as `sale` cancels them.  The app calls it until
+-- few are left before it resets a sale, so a reset of a sale with many
+-- pending reservations never holds Redis for the whole walk.
+-- KEYS: 1 stock, 2 counts, 3 pending, 4 outbox.  ARGV: 1 limit, 2 traceId.
+-- Answer: {code:"OK", canceled, left} (left: pending entries after the step).
+local function cancel_pending(keys, args)
+  local c = context('cancel_pending', keys, args)
+  local limit = tonumber(args[1])
+  if not limit or limit % 1 ~= 0 or limit < 1 then c.fail('limit (ARGV[1]) must be an integer >= 1') end
+  local s = sku_keys(c, c.key(1, 'stock'), c.key(2, 'counts'), c.key(3, 'pending'), c.key(4, 'outbox'))
+  local n = cancel_pending_ids(c, s, redis.call('ZRANGE', s.pending, 0, limit - 1), now_ms(), args[2] or '')
+  return cjson.encode({ code = 'OK', canceled = n, left = redis.call('ZCARD', s.pending) })
+end
+
 -- ---- status (read-only) ----------------------------------------------------------------
 
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox.  ARGV: 1 "deep" to also sum
@@ -789,3 +818,4 @@ redis.register_function('expire', expire)
 redis.register_function{ function_name = 'status', callback = status, flags = { 'no-writes' } }
 redis.register_function('lease', lease)
 redis.register_function('order_index', order_index)
+redis.register_function('cancel_pending', cancel_pending)

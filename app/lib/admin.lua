@@ -37,7 +37,12 @@ function M.routes(app, deps)
     if s.queue and not (deps.queue_ready and deps.queue_ready()) then
       return 409, { error = "QUEUE_SECRET_MISSING", message = "a queued sale needs QUEUE_SECRET set on the API", field = "queue" }
     end
-    local a, kind, detail = stock.create_sale(ctx.redis, s, req.id)
+    -- A reset cancels the sale's pending reservations: most of them first, in
+    -- short steps, so that Redis is never held for the whole walk.
+    local a, kind, detail = stock.cancel_before_reset(ctx.redis, s.skuId, req.id)
+    local stepped = a
+    if a then a, kind, detail = stock.create_sale(ctx.redis, s, req.id) end
+    if a then a.canceled = a.canceled + stepped end
     if not a then
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
       return 500, { error = "INTERNAL", message = tostring(detail) }

@@ -118,6 +118,25 @@ function M.release(redis, sku, resId, reason, userId, traceId)
     { resId, reason, userId or "", traceId or "" }))
 end
 
+-- Before a sale's reset: its pending reservations canceled in steps of
+-- RESET_STEP (each step a short call), until at most a step's worth is left
+-- for the reset's own walk.  New purchases on the old sale can add pending
+-- ones meanwhile: after RESET_MAX_STEPS steps the reset takes what is left.
+-- canceled (how many) | nil, kind, detail
+M.RESET_STEP, M.RESET_MAX_STEPS = 500, 1000
+function M.cancel_before_reset(redis, sku, traceId)
+  local k = prefix(sku)
+  local canceled = 0
+  for _ = 1, M.RESET_MAX_STEPS do
+    local a, kind, detail = decode(redis:fcall("cancel_pending", { k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },
+      { M.RESET_STEP, traceId or "" }))
+    if not a then return nil, kind, detail end
+    canceled = canceled + a.canceled
+    if a.left <= M.RESET_STEP then break end
+  end
+  return canceled
+end
+
 function M.expire(redis, sku, limit, traceId)
   local k = prefix(sku)
   return decode(redis:fcall("expire", { k .. "stock", k .. "counts", k .. "pending", k .. "outbox" },

@@ -74,6 +74,34 @@ describe('sale', function()
     r.check(S, { outbox = false })
   end)
 
+  it('lets a reset cancel in steps first (cancel_pending), with the same outcome as one walk', function()
+    r.sale(S, { initial = 20, perUserLimit = 0 })
+    local ids = {}
+    for i = 1, 9 do ids[i] = r.purchase(S, 'u' .. i).reservationId end
+    r.confirm(S, ids[1])
+    r.release(S, ids[2], 'canceled')
+    -- an index entry left without a PENDING reservation is dropped on the way
+    r.client:zadd(K.pending, 1, 'ghost')
+    local function step(limit)
+      return r.fcall('cancel_pending', { K.stock, K.counts, K.pending, K.outbox }, { limit, 'tr-step' })
+    end
+    -- the oldest first, at most `limit` a step: ghost, then 3, 4 (canceled)
+    assert.are.same({ code = 'OK', canceled = 2, left = 5 }, step(3))
+    assert.are.same({ 'CANCELED', 'CANCELED', 'PENDING' },
+      { r.res(S, ids[3]).status, r.res(S, ids[4]).status, r.res(S, ids[5]).status })
+    local s = r.check(S)
+    assert.are.same({ 14, 5, 1, 3 }, { s.stock, s.reserved, s.sold, s.canceled })
+    assert.are.same({ code = 'OK', canceled = 3, left = 2 }, step(3))
+    -- the reset cancels the two left; every pending one got one canceled event
+    assert.are.equal(2, r.sale(S, { initial = 20 }).canceled)
+    local canceled = 0
+    for _, e in ipairs(r.events(S)) do if e.type == 'canceled' then canceled = canceled + 1 end end
+    assert.are.equal(1 + 7, canceled)
+    assert.are.equal('CONFIRMED', r.res(S, ids[1]).status)
+    assert.are.same({ code = 'OK', canceled = 0, left = 0 }, step(500))
+    assert.has_error(function() step(0) end)
+  end)
+
   it('raises errors for non-numbers and negative numbers, writing nothing', function()
     local bad = {
       { price = 'free' }, { price = -1 }, { initial = 'many' }, { initial = 2.5 }, { initial = -1 },

@@ -10,7 +10,7 @@ local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$'
 local xrange = redis.command('XRANGE')
 local time = redis.command('TIME')
 
-local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease', 'order_index',
+local M = { FUNCTIONS = { 'sale', 'purchase_batch', 'confirm', 'release', 'expire', 'status', 'lease', 'order_index', 'cancel_pending',
   'queue_setup', 'queue_drop', 'queue_join', 'queue_state', 'queue_order', 'queue_ticket', 'queue_open',
   'queue_advance', 'queue_used', 'queue_rate' } }
 M.root = root
