@@ -20,6 +20,7 @@ local orders = require "lib.orders"
 local admin = require "lib.admin"
 local services = require "lib.services"
 local relay = require "lib.relay"
+local node_claim = require "lib.node_claim"
 local kafka = require "flashhost.kafka"
 local mysql = require "flashhost.mysql"
 
@@ -35,7 +36,8 @@ app:on_validate(function(ctx)
   assert(rules.max_quantity >= 1 and rules.max_quantity <= 10, "rules.max_quantity must be 1..10")
 end)
 
-services.install(app, { sku_gauges = true, required = { redis = true } })
+-- Ready needs Redis and this node's own NODE_ID (lib/node_claim.lua).
+services.install(app, { sku_gauges = true, required = { redis = true, node_id = true } })
 
 app:on_start(function(ctx)
   ctx.rules = rules
@@ -55,8 +57,15 @@ app:on_start(function(ctx)
   ctx.index_by_host = not with_index
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
   ctx.db = mysql.pool { size = 2, database = services.database() }
+  -- Order ids carry the NODE_ID: this node sells only while no other holds it.
+  ctx.node_claim = node_claim.new { redis = ctx.redis, node_id = ctx.info.node_id, lease = stock.lease, log = ctx.log,
+    owner = os.getenv("NODE_OWNER") or ctx.info.hostname or "host" }
   ctx.dependencies = {
     redis = services.redis_check(ctx.redis),
+    node_id = function()
+      local why = ctx.node_claim:refusal()
+      return why == nil, why
+    end,
     mysql = function()
       local r, err = ctx.db:query("SELECT 1 AS ok")
       return r ~= nil, err
@@ -78,6 +87,9 @@ app:on_start(function(ctx)
     end)
   end
 end)
+
+-- The NODE_ID lease, taken at start and renewed well inside its TTL.
+app:every(node_claim.RENEW_MS, "node-id-claim", function(ctx) ctx.node_claim:renew() end)
 
 -- No stop hook closes ctx.redis or ctx.db: requests of this generation may
 -- still be running when it is told to stop; the clients close when the
@@ -133,6 +145,11 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
     return answers.sold_out_body(remaining, rules, core.mono() - t0)
   end
 
+  local taken = ctx.node_claim:refusal()
+  if taken then
+    ctx.metrics.purchase("error", "node_id")
+    return answers.unavailable(rules, taken)
+  end
   local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }
   if ctx.index_by_host then core.spawn(index_order, ctx.redis, ids.orderId, p.skuId, ids.reservationId) end
   local t_redis = core.mono()
