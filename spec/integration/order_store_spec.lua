@@ -1,23 +1,13 @@
 -- lib/order_store.lua against a real redis-server (database 9): the order
 -- routes' reads of the order index and of a reservation, in the form
 -- purchase_batch writes them and in the hash form of older versions.
-local redis = require "flashhost.redis"
+local helpers = require "spec.helpers"
 local stock = require "lib.stock"
 local store = require "lib.order_store"
 
-local function with_db(url, db)
-  return (url:gsub("/%d*$", "")) .. "/" .. db
-end
-local URL = with_db(os.getenv("REDIS_URL") or "redis://127.0.0.1:6379", 9)
-
 describe("order store", function()
   local r
-  before_each(function()
-    r = redis.connect { url = URL }
-    assert(r:wait_ready(3000))
-    assert(r:call("FLUSHDB"))
-    stock.setup(r, "redis-lua")
-  end)
+  before_each(function() r = helpers.stock_redis() end)
   after_each(function() r:close() end)
 
   local rules = { per_user_limit = 0, reservation_ttl_sec = 300, rate_limit = { capacity = 0, refill_per_sec = 1 } }

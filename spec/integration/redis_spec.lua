@@ -7,11 +7,7 @@ local redis = require "flashhost.redis"
 local core = require "flashhost.core"
 local timer = require "flashhost.timer"
 
-local function with_db(url, db)
-  return (url:gsub("/%d*$", "")) .. "/" .. db
-end
-
-local URL = with_db(os.getenv("REDIS_URL") or "redis://127.0.0.1:6379", 9)
+local URL = require("spec.helpers").redis_url()
 local SPARE_PORT = tonumber(os.getenv("REDIS_SPARE_PORT")) or 26380
 local SPARE_URL = "redis://127.0.0.1:" .. SPARE_PORT
 local SPARE_PID = "/tmp/fh-redis-spec-" .. SPARE_PORT .. ".pid"

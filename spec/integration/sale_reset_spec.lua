@@ -2,23 +2,13 @@
 -- (lib/stock.cancel_before_reset, then the reset), on a real redis-server
 -- (database 9): every pending reservation is canceled once, most of them in
 -- steps before the reset, and the stock and counts come out as one walk's.
-local redis = require "flashhost.redis"
+local helpers = require "spec.helpers"
 local core = require "flashhost.core"
 local stock = require "lib.stock"
 
-local function with_db(url, db)
-  return (url:gsub("/%d*$", "")) .. "/" .. db
-end
-local URL = with_db(os.getenv("REDIS_URL") or "redis://127.0.0.1:6379", 9)
-
 describe("sale reset in steps", function()
   local r
-  before_each(function()
-    r = redis.connect { url = URL }
-    assert(r:wait_ready(3000))
-    assert(r:call("FLUSHDB"))
-    stock.setup(r, "redis-lua")
-  end)
+  before_each(function() r = helpers.stock_redis() end)
   after_each(function() r:close() end)
 
   local rules = { per_user_limit = 0, reservation_ttl_sec = 300, rate_limit = { capacity = 0, refill_per_sec = 1 } }
