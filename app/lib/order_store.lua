@@ -3,8 +3,8 @@
 -- routes (lib/orders.lua) ask this module and never spell a key or a query.
 --
 -- An order is found through the index (lib/stock.index_key: orderId ->
--- "sku:reservation", written with the reservation) or, once the order worker wrote it, in
--- MySQL.  MySQL also answers when the index is there but the reservation is
+-- "sku:reservation", written with the reservation) or, once the order worker
+-- wrote it, in MySQL.  MySQL also answers when the index is there but the reservation is
 -- not (a Redis restarted from a repaired append-only file can have lost it).
 local cjson = require "cjson"
 local stock = require "lib.stock"
