@@ -114,8 +114,8 @@ end
 -- Marks a SKU sold out in this worker, with the keys that must still reach
 -- Redis.  One fetch per SKU at a time (sold_out:begin_fetch).
 local function mark_sold_out(r, sku, remaining)
-  local okkeys = r:call("SMEMBERS", stock.prefix(sku) .. "okkeys")
-  if type(okkeys) ~= "table" then
+  local okkeys = stock.replayable_keys(r, sku, core.now())
+  if not okkeys then
     sold_out:clear(sku) -- could not read them: no mark, the next SOLD_OUT tries again
     return
   end

@@ -66,11 +66,6 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The okkeys set's life (a day, refreshed) as a command argument: a number
--- argument costs Redis a float formatting at every call, a string none.  (A
--- literal: the library's load runs without tostring.)
-local OKKEYS_TTL_MS_ARG = '86400000'
-
 -- x as a command argument: the text Redis would make of the number, precomputed
 -- where that text is surely tostring's.  Both print a non-negative integer below
 -- 1e14 as its plain digits (tostring keeps 14 significant digits); anything
@@ -283,7 +278,7 @@ end
 
 -- ---- purchase_batch ------------------------------------------------------------------
 
--- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 okkeys, then per attempt
+-- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 sokeys, then per attempt
 --       u:<userId>, res:<reservationId>; then, when ARGV[6] is '1', per attempt the
 --       order index hash of its orderId (index_key)
 -- (The stored answers' hashes, idems:<day>, are named from Redis's clock here:
@@ -303,7 +298,7 @@ local function purchase_batch(keys, args)
   if #keys ~= nkeys then c.fail(nkeys .. ' keys expected for ' .. n .. ' attempts, got ' .. #keys) end
   if #args ~= 6 + 7 * n then c.fail((6 + 7 * n) .. ' arguments expected for ' .. n .. ' attempts, got ' .. #args) end
   local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
-  local pendingKey, outboxKey, okKeysKey = c.key(4, 'pending'), c.key(5, 'outbox'), c.key(6, 'okkeys')
+  local pendingKey, outboxKey, soKeysKey = c.key(4, 'pending'), c.key(5, 'outbox'), c.key(6, 'sokeys')
   local prefix = c.prefix
 
   -- Every attempt is checked before anything is written: a bad one fails the call.
@@ -388,7 +383,7 @@ local function purchase_batch(keys, args)
   local userText = {}              -- userKey -> its key's text, as read (absent: no key)
   local idems = {}                 -- idempotency key -> stored record text, as read (absent: none)
   local stored = {}                -- idempotency key -> i: attempt i of this call stored its answer
-  local taken, zadd, okKeys, events = 0, {}, {}, {}
+  local taken, zadd, soKeys, events = 0, {}, {}, {}
   local idemWrites = {}            -- HSET arguments of the answers stored by this call
   local indexWrites = {}           -- index hash -> its HSET arguments
   local answers = {}               -- i -> attempt i's answer (JSON text)
@@ -432,9 +427,11 @@ local function purchase_batch(keys, args)
   end
 
   -- Answers that are final for this request are stored, so a retry gets them back.
-  -- The keys whose stored answer is not SOLD_OUT join okkeys: a worker that
-  -- answers a sold-out SKU from memory still sends them to Redis, so their
-  -- retries get their own stored answer (a 200, a 403) back.
+  -- The keys whose stored answer is SOLD_OUT join sokeys: a worker that answers
+  -- a sold-out SKU from memory sends every other stored key to Redis (the
+  -- answers' fields less sokeys), so their retries get their own stored answer
+  -- (a 200, a 403) back.  SOLD_OUT is stored at the stock's end only, where a
+  -- set of every other answer cost a member per purchase.
   -- text (attempt i's answer, encoded once) is both the stored record's result
   -- and the attempt's element of the call's answer.  userJson: the userId as
   -- JSON when the caller has it.
@@ -446,7 +443,7 @@ local function purchase_batch(keys, args)
       idemWrites[#idemWrites + 1] = '{"userId":' .. (userJson or cjson.encode(args[a + 1])) .. ',"requestHash":' ..
         cjson.encode(args[a + 4]) .. ',"gen":' .. genJson .. ',"result":' .. text .. '}'
       stored[idem] = i
-      if not soldOut then okKeys[#okKeys + 1] = idem end
+      if soldOut then soKeys[#soKeys + 1] = idem end
     end
     return text
   end
@@ -569,11 +566,14 @@ local function purchase_batch(keys, args)
   end
   if #idemWrites > 0 then
     redis.call('HSET', idemToday, unpack(idemWrites))
-    redis.call('PEXPIREAT', idemToday, int_arg(idemExpireAt))
+    -- the same time all day: set by the day's first call (NX), which alone
+    -- then reaches the append-only file
+    redis.call('PEXPIREAT', idemToday, int_arg(idemExpireAt), 'NX')
   end
-  if #okKeys > 0 then
-    redis.call('SADD', okKeysKey, unpack(okKeys))
-    redis.call('PEXPIRE', okKeysKey, OKKEYS_TTL_MS_ARG)
+  if #soKeys > 0 then
+    -- as long as the newest answer it names (today's hash)
+    redis.call('SADD', soKeysKey, unpack(soKeys))
+    redis.call('PEXPIREAT', soKeysKey, int_arg(idemExpireAt))
   end
   for _, ik in ipairs(indexWrites) do
     redis.call('HSET', ik, unpack(indexWrites[ik]))

@@ -47,10 +47,11 @@ function M.routes(app, deps)
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
       return 500, { error = "INTERNAL", message = tostring(detail) }
     end
-    -- Bookkeeping beside the sale: the SKU list, a fresh okkeys set, the
-    -- in-process sold-out mark.  None of it can break the sale if it fails.
+    -- Bookkeeping beside the sale: the SKU list, a fresh set of the keys
+    -- answered SOLD_OUT (sokeys), the in-process sold-out mark.  None of it
+    -- can break the sale if it fails.
     ctx.redis:call("SADD", stock.SKU_SET, s.skuId)
-    ctx.redis:call("DEL", stock.prefix(s.skuId) .. "okkeys")
+    ctx.redis:call("DEL", stock.prefix(s.skuId) .. "sokeys")
     deps.sold_out:clear(s.skuId)
     -- The queue comes right after its sale; until then the sale refuses every
     -- purchase without a token (sale.lua stored queue = 1), so nothing slips by.

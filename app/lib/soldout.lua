@@ -1,8 +1,9 @@
 -- In-process sold-out marks.  Once Redis answers SOLD_OUT for a SKU, this
 -- worker answers 410 from memory for a short while, so a sold-out stampede
 -- costs no Redis round trip.  Idempotency keys whose stored answer is not
--- SOLD_OUT (`okkeys`, fetched when the mark is set: purchases, limit
--- refusals) still go to Redis, so their retries get their own stored answer.
+-- SOLD_OUT (`okkeys` here, fetched when the mark is set with
+-- stock.replayable_keys: purchases, limit refusals) still go to Redis, so
+-- their retries get their own stored answer.
 --
 -- When a mark runs out, one request (the probe) goes to Redis while the
 -- others keep the old answer until the probe's answer is in: SOLD_OUT renews

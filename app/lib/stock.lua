@@ -73,7 +73,7 @@ function M.purchase_batch(redis, sku, attempts, rules, with_index)
   local k = prefix(sku)
   local rl = rules.rate_limit or {}
   local n = #attempts
-  local keys = { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "okkeys" }
+  local keys = { k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "sokeys" }
   local args = { n, rules.per_user_limit or 0, rules.reservation_ttl_sec or 300, rl.capacity or 0,
     rl.refill_per_sec or 1, with_index and "1" or "0" }
   local nk, na = 6, 6
@@ -93,6 +93,34 @@ function M.purchase_batch(redis, sku, attempts, rules, with_index)
   if not list then return nil, kind, detail end
   if #list ~= n then return nil, "error", "purchase_batch answered " .. #list .. " of " .. n .. " attempts" end
   return list
+end
+
+-- The stored purchase answers of a SKU are kept in one hash per day of
+-- Redis's clock, {sku:S}:idems:<day> (redis-lua/flashhost.lua idem_days).
+M.IDEM_DAY_MS = 86400000
+
+-- replayable_keys(redis, sku, now) -> the idempotency keys of the SKU whose
+-- stored answer is not SOLD_OUT (a purchase, a limit refusal, a sale ended),
+-- which a worker answering the SKU's SOLD_OUT from memory must still send to
+-- Redis for their replay | nil, reason.  They are the fields of the answers'
+-- hashes less those listed in {sku:S}:sokeys.  The hashes are named from
+-- Redis's clock: the host's day and the days either side of it are read, for
+-- clocks less than a day apart.  Read at a SKU's sell-out, not per purchase.
+function M.replayable_keys(redis, sku, now)
+  local k = prefix(sku)
+  local sold_out, err = redis:call("SMEMBERS", k .. "sokeys")
+  if type(sold_out) ~= "table" then return nil, err or "SMEMBERS failed" end
+  local skip = {}
+  for _, key in ipairs(sold_out) do skip[key] = true end
+  local out, day = {}, math.floor(now / M.IDEM_DAY_MS)
+  for d = day - 1, day + 1 do
+    local fields, ferr = redis:call("HKEYS", k .. "idems:" .. d)
+    if type(fields) ~= "table" then return nil, ferr or "HKEYS failed" end
+    for _, key in ipairs(fields) do
+      if not skip[key] then out[#out + 1] = key end
+    end
+  end
+  return out
 end
 
 -- purchase(redis, p, ids, rules): one attempt, a batch of one; its decoded answer.

@@ -54,7 +54,7 @@ local function fcall(red, p, ids)
   local rl = rules.rate_limit
   -- the order index hash of the id, named as app/lib/stock.index_key names it
   local res, err = red:fcall("purchase_batch", 9,
-    k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "okkeys",
+    k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "sokeys",
     k .. "u:" .. p.userId, k .. "res:" .. ids.reservationId, "orderidx:" .. ids.orderId:sub(1, -13),
     1, rules.per_user_limit, rules.reservation_ttl_sec, rl.capacity, rl.refill_per_sec, "1",
     p.userId, p.quantity, p.idempotencyKey or "", p.userId .. "|" .. p.skuId .. "|" .. p.quantity,

@@ -47,7 +47,8 @@ function M.keys(sku)
     u = function(user) return p .. 'u:' .. user end,
     -- the stored answers of one day of Redis's clock (day = floor(ms / 86400000))
     idems = function(day) return p .. 'idems:' .. day end,
-    okkeys = p .. 'okkeys',
+    -- the idempotency keys whose stored answer is SOLD_OUT
+    sokeys = p .. 'sokeys',
     res = function(id) return p .. 'res:' .. id end,
   }
 end
@@ -87,7 +88,7 @@ function M.setup(o)
   function api.batch_args(sku, attempts, o)
     o = o or {}
     local k = M.keys(sku)
-    local keys = { k.sale, k.stock, k.counts, k.pending, k.outbox, k.okkeys }
+    local keys = { k.sale, k.stock, k.counts, k.pending, k.outbox, k.sokeys }
     local argv = { #attempts, o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5,
       o.index and '1' or '0' }
     for _, a in ipairs(attempts) do
