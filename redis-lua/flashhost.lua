@@ -147,6 +147,42 @@ local function keep_index(k, px)
   redis.call('PEXPIRE', k, px, 'GT')
 end
 
+-- The pending index, {sku:S}:pending, is a zset whose member is the ids of
+-- the reservations one purchase_batch call made (one `now`, so one expiry),
+-- separated by spaces, scored by their expiresAt: one member per call, where
+-- a member per reservation cost a zset insert per purchase.  (An older form,
+-- one id per member, reads as a call of one.)  The reservation is the truth:
+-- the ids of a member that left PENDING stay until the member is walked (its
+-- expiry, a reset), which drops them, so confirm and release leave the index
+-- alone.  How many reservations are PENDING is counted in counts.pending.
+local PENDING_SEP = ' '
+
+-- walk_pending(s, flat, budget, visit): flat is a ZRANGE ... WITHSCORES answer
+-- (member, score, ...), oldest first.  Calls visit(id) for up to `budget` ids
+-- in order; each member walked leaves the index, and the ids of one walked in
+-- part go back as a member of their own (same score).  visit may index an id
+-- anew: the member is gone by then.  Returns how many ids were visited.
+local function walk_pending(s, flat, budget, visit)
+  local seen = 0
+  for i = 1, #flat, 2 do
+    if seen >= budget then break end
+    local member = flat[i]
+    redis.call('ZREM', s.pending, member)
+    local rest
+    for id in string.gmatch(member, '[^ ]+') do
+      if seen < budget then
+        seen = seen + 1
+        visit(id)
+      else
+        rest = rest or {}
+        rest[#rest + 1] = id
+      end
+    end
+    if rest then redis.call('ZADD', s.pending, flat[i + 1], table.concat(rest, PENDING_SEP)) end
+  end
+  return seen
+end
+
 -- The keys of one SKU that a reservation's release touches.
 local function sku_keys(c, stock, counts, pending, outbox)
   return { prefix = c.prefix, id = c.sku, stock = stock, counts = counts, pending = pending, outbox = outbox }
@@ -202,28 +238,26 @@ local function release_reservation(s, id, resKey, r, status, now, traceId)
   redis.call('INCRBY', s.stock, q)
   redis.call('HINCRBY', s.counts, 'reserved', -q)
   redis.call('HINCRBY', s.counts, kind, q)
+  redis.call('HINCRBY', s.counts, 'pending', -1)
   unhold(s, r.userId, q, now)
-  redis.call('ZREM', s.pending, id)
   r.status, r.updatedAt = status, tostring(now)
   save_finished(resKey, r)
   emit(s, kind, id, r, status, now, traceId)
 end
 
--- Cancels the pending reservations `ids` as a sale's reset does: a buyer's
--- cancel, whatever their expiry (one 'canceled' event each).  An index entry
--- without a PENDING reservation is dropped.  Returns how many were canceled.
-local function cancel_pending_ids(c, s, ids, now, traceId)
+-- Walks up to `budget` ids of the pending index from its oldest, canceling
+-- each PENDING one as a sale's reset does: a buyer's cancel, whatever its
+-- expiry (one 'canceled' event each).  Returns how many were canceled.
+local function cancel_pending_walk(c, s, flat, budget, now, traceId)
   local n = 0
-  for _, id in ipairs(ids) do
+  walk_pending(s, flat, budget, function(id)
     local resKey = c.prefix .. 'res:' .. id
     local r = reservation(resKey)
     if r and r.status == 'PENDING' then
       release_reservation(s, id, resKey, r, 'CANCELED', now, traceId ~= '' and traceId or r.traceId)
       n = n + 1
-    else
-      redis.call('ZREM', s.pending, id)
     end
-  end
+  end)
   return n
 end
 
@@ -254,7 +288,8 @@ local function sale(keys, args)
   -- (one 'canceled' event each, so the order store learns of it).  The app
   -- cancels most of them beforehand in steps (cancel_pending), so this walk
   -- is short.
-  local canceled = cancel_pending_ids(c, s, redis.call('ZRANGE', s.pending, 0, -1), now, traceId)
+  local canceled = cancel_pending_walk(c, s, redis.call('ZRANGE', s.pending, 0, -1, 'WITHSCORES'), math.huge, now,
+    traceId)
 
   -- gen tells this sale from earlier ones: idempotency answers and user keys of
   -- another generation count as absent, so a reset needs no scan of them.  Taken
@@ -264,7 +299,7 @@ local function sale(keys, args)
 
   redis.call('DEL', saleKey, countsKey, s.pending)
   redis.call('SET', stockKey, initial)
-  redis.call('HSET', countsKey, 'reserved', 0, 'sold', 0, 'canceled', 0, 'expired', 0)
+  redis.call('HSET', countsKey, 'reserved', 0, 'sold', 0, 'canceled', 0, 'expired', 0, 'pending', 0)
   local info = { skuId = c.sku, name = name, price = price, initial = initial, startsAt = startsAt,
     endsAt = endsAt, perUserLimit = perUserLimit, ttlSec = ttlSec, rlCapacity = rlCapacity,
     rlRate = rlRate, createdAt = now, gen = gen, queue = args[11] == '1' and '1' or nil }
@@ -330,6 +365,7 @@ local function purchase_batch(keys, args)
       if keys[ik] ~= index_key(orderId) then c.fail('KEYS[' .. ik .. '] must be ' .. index_key(orderId)) end
     end
     if seen[resId] then c.fail('reservationId ' .. resId .. ' appears twice') end
+    if string.find(resId, PENDING_SEP, 1, true) then c.fail('reservationId ' .. resId .. ' has a space') end
     seen[resId] = true
     qtys[i], resKeys[i] = qty, keys[k + 2]
     local idem = args[a + 3]
@@ -383,7 +419,7 @@ local function purchase_batch(keys, args)
   local userText = {}              -- userKey -> its key's text, as read (absent: no key)
   local idems = {}                 -- idempotency key -> stored record text, as read (absent: none)
   local stored = {}                -- idempotency key -> i: attempt i of this call stored its answer
-  local taken, zadd, soKeys, events = 0, {}, {}, {}
+  local taken, made, soKeys, events = 0, {}, {}, {}
   local idemWrites = {}            -- HSET arguments of the answers stored by this call
   local indexWrites = {}           -- index hash -> its HSET arguments
   local answers = {}               -- i -> attempt i's answer (JSON text)
@@ -532,8 +568,7 @@ local function purchase_batch(keys, args)
       skuJson .. ',"orderId":' .. orderJson .. ',"userId":' .. userJson .. ',"quantity":' .. qt[2] ..
       ',"reservationId":' .. resJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
       ',"traceId":' .. traceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
-    zadd[#zadd + 1] = expiresArg
-    zadd[#zadd + 1] = resId
+    made[#made + 1] = resId
     if index then
       local ik = keys[6 + 2 * n + i]
       local w = indexWrites[ik]
@@ -557,7 +592,8 @@ local function purchase_batch(keys, args)
   if taken > 0 then
     redis.call('DECRBY', stockKey, taken)
     redis.call('HINCRBY', countsKey, 'reserved', taken)
-    redis.call('ZADD', pendingKey, unpack(zadd))
+    redis.call('HINCRBY', countsKey, 'pending', #made)
+    redis.call('ZADD', pendingKey, expiresArg, table.concat(made, PENDING_SEP))
     -- One outbox entry for the call's reservations: its `events` field holds
     -- them as a JSON array of the usual event fields, which the relay sends
     -- as one Kafka message.  One entry to append, read, acknowledge, delete
@@ -646,7 +682,7 @@ local function confirm(keys, args)
   local q = tonumber(r.quantity)
   redis.call('HINCRBY', s.counts, 'reserved', -q)
   redis.call('HINCRBY', s.counts, 'sold', q)
-  redis.call('ZREM', s.pending, id)
+  redis.call('HINCRBY', s.counts, 'pending', -1)
   r.status, r.paymentRef, r.updatedAt = 'CONFIRMED', paymentRef, tostring(now)
   save_finished(resKey, r)
   emit(s, 'confirmed', id, r, 'CONFIRMED', now, traceId, 'paymentRef', paymentRef)
@@ -704,20 +740,21 @@ local function expire(keys, args)
   local traceId = args[2] or ''
   local now = now_ms()
   local n = 0
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', s.pending, '-inf', now, 'LIMIT', 0, limit)) do
+  -- up to `limit` ids of the members due (each has one id at least)
+  local due = redis.call('ZRANGEBYSCORE', s.pending, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  walk_pending(s, due, limit, function(id)
     local resKey = c.prefix .. 'res:' .. id
     local r = reservation(resKey)
-    -- The reservation is the truth and the zset only its index: an entry whose
+    -- The reservation is the truth and the zset only its index: an id whose
     -- reservation is gone or finished is dropped, one whose expiresAt moved is re-indexed.
-    if not r or r.status ~= 'PENDING' then
-      redis.call('ZREM', s.pending, id)
-    elseif now < tonumber(r.expiresAt) then
+    if not r or r.status ~= 'PENDING' then return end
+    if now < tonumber(r.expiresAt) then
       redis.call('ZADD', s.pending, r.expiresAt, id)
     else
       release_reservation(s, id, resKey, r, 'EXPIRED', now, traceId ~= '' and traceId or r.traceId)
       n = n + 1
     end
-  end
+  end)
   local more = redis.call('ZCOUNT', s.pending, '-inf', now) > 0
   return cjson.encode({ code = 'OK', expired = n, more = more })
 end
@@ -729,13 +766,15 @@ end
 -- few are left before it resets a sale, so a reset of a sale with many
 -- pending reservations never holds Redis for the whole walk.
 -- KEYS: 1 stock, 2 counts, 3 pending, 4 outbox.  ARGV: 1 limit, 2 traceId.
--- Answer: {code:"OK", canceled, left} (left: pending entries after the step).
+-- Answer: {code:"OK", canceled, left} (left: members of the index after the
+-- step, each the ids of one purchase call, of 128 at most).
 local function cancel_pending(keys, args)
   local c = context('cancel_pending', keys, args)
   local limit = tonumber(args[1])
   if not limit or limit % 1 ~= 0 or limit < 1 then c.fail('limit (ARGV[1]) must be an integer >= 1') end
   local s = sku_keys(c, c.key(1, 'stock'), c.key(2, 'counts'), c.key(3, 'pending'), c.key(4, 'outbox'))
-  local n = cancel_pending_ids(c, s, redis.call('ZRANGE', s.pending, 0, limit - 1), now_ms(), args[2] or '')
+  local n = cancel_pending_walk(c, s, redis.call('ZRANGE', s.pending, 0, limit - 1, 'WITHSCORES'), limit, now_ms(),
+    args[2] or '')
   return cjson.encode({ code = 'OK', canceled = n, left = redis.call('ZCARD', s.pending) })
 end
 
@@ -748,20 +787,25 @@ local function status(keys, args)
   local sale = hash(keys[1])
   if not sale then return cjson.encode({ code = 'NO_SALE' }) end
   local counts = { reserved = 0, sold = 0, canceled = 0, expired = 0 }
+  local pending  -- PENDING reservations (counts.pending; a sale of before it: the index's size)
   local flat = redis.call('HGETALL', keys[3])
-  for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
+  for i = 1, #flat, 2 do
+    if flat[i] == 'pending' then pending = tonumber(flat[i + 1]) else counts[flat[i]] = tonumber(flat[i + 1]) end
+  end
   local answer = {
     code = 'OK', sale = sale, stock = tonumber(redis.call('GET', keys[2])) or 0, counts = counts,
-    pending = redis.call('ZCARD', keys[4]), outbox = redis.call('XLEN', keys[5]),
+    pending = pending or redis.call('ZCARD', keys[4]), outbox = redis.call('XLEN', keys[5]),
   }
   if args[1] == 'deep' then
     -- Summed from the reservations themselves, so a reconciliation compares two
     -- independent records: counts and reservations.
     local prefix = string.match(keys[1], '^({sku:[^}]+}:)')
     local qty = 0
-    for _, id in ipairs(redis.call('ZRANGE', keys[4], 0, -1)) do
-      local r = reservation(prefix .. 'res:' .. id)
-      qty = qty + (r and tonumber(r.quantity) or 0)
+    for _, member in ipairs(redis.call('ZRANGE', keys[4], 0, -1)) do
+      for id in string.gmatch(member, '[^ ]+') do
+        local r = reservation(prefix .. 'res:' .. id)
+        if r and r.status == 'PENDING' then qty = qty + (tonumber(r.quantity) or 0) end
+      end
     end
     answer.pendingQuantity = qty
   end

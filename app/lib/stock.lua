@@ -146,12 +146,13 @@ function M.release(redis, sku, resId, reason, userId, traceId)
     { resId, reason, userId or "", traceId or "" }))
 end
 
--- Before a sale's reset: its pending reservations canceled in steps of
--- RESET_STEP (each step a short call), until at most a step's worth is left
--- for the reset's own walk.  New purchases on the old sale can add pending
--- ones meanwhile: after RESET_MAX_STEPS steps the reset takes what is left.
+-- Before a sale's reset: its pending index walked in steps of RESET_STEP
+-- reservations (each step a short call, canceling the PENDING ones), until at
+-- most RESET_LEFT members are left for the reset's own walk: the ids of as
+-- many purchase calls, 128 each at most.  New purchases on the old sale can add
+-- members meanwhile: after RESET_MAX_STEPS steps the reset takes what is left.
 -- canceled (how many) | nil, kind, detail
-M.RESET_STEP, M.RESET_MAX_STEPS = 500, 1000
+M.RESET_STEP, M.RESET_LEFT, M.RESET_MAX_STEPS = 500, 4, 1000
 function M.cancel_before_reset(redis, sku, traceId)
   local k = prefix(sku)
   local canceled = 0
@@ -160,7 +161,7 @@ function M.cancel_before_reset(redis, sku, traceId)
       { M.RESET_STEP, traceId or "" }))
     if not a then return nil, kind, detail end
     canceled = canceled + a.canceled
-    if a.left <= M.RESET_STEP then break end
+    if a.left <= M.RESET_LEFT then break end
   end
   return canceled
 end

@@ -129,6 +129,7 @@ describe("a torn append-only file", function()
     assert.are.equal("4", redis("ZCARD", prefix .. "pending"))
     assert.are.equal("6", redis("GET", prefix .. "stock"))
     assert.are.equal("4", redis("HGET", prefix .. "counts", "reserved"))
+    assert.are.equal("4", redis("HGET", prefix .. "counts", "pending"))
     for _, b in ipairs { after1, after2 } do
       assert.are.equal("1", redis("EXISTS", prefix .. "res:" .. b.reservationId))
     end

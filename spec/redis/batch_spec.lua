@@ -194,7 +194,8 @@ describe('purchase_batch', function()
     for cmd, n in stats:gmatch('cmdstat_([%w|_]+):calls=(%d+)') do calls[cmd] = tonumber(n) end
     -- pexpire: the index hash's NX and GT; pexpireat: the answers' hash and sokeys
     -- (the 28 answered SOLD_OUT, in one SADD)
-    assert.are.same({ time = 1, hgetall = 1, decrby = 1, hincrby = 1, zadd = 1, sadd = 1, pexpire = 2, exists = 1,
+    -- hincrby: counts' reserved and pending; zadd: the index's one member for the 100
+    assert.are.same({ time = 1, hgetall = 1, decrby = 1, hincrby = 2, zadd = 1, sadd = 1, pexpire = 2, exists = 1,
         xadd = 1, pexpireat = 2, get = 1, mget = 1, mset = 1, hmget = 2 },
       { time = calls.time, hgetall = calls.hgetall, decrby = calls.decrby, hincrby = calls.hincrby,
         zadd = calls.zadd, sadd = calls.sadd, pexpire = calls.pexpire, exists = calls.exists, xadd = calls.xadd,
@@ -226,6 +227,11 @@ describe('purchase_batch', function()
     local s = r.check('all')
     assert.are.equal(0, s.stock)
     assert.are.equal(100, #s.pending)
+    -- the index holds the call's 100 reservations as one member, scored by their expiry
+    local index = r.index('all')
+    assert.are.equal(1, #index)
+    assert.are.same(s.pending, index[1].ids)
+    assert.are.equal(a[1].expiresAt, index[1].score)
     assert.are.equal(28, r.client:scard(scripts.keys('all').sokeys))
     -- every attempt stored its final answer
     assert.are.equal('REPLAY', r.purchase('all', 'u128', { key = 'k128' }).code)
@@ -255,6 +261,8 @@ describe('purchase_batch', function()
         { { quantity = 0 }, 'quantity' }, { { quantity = 'x' }, 'quantity' }, { { user = '' }, 'userId' },
         { { resId = '' }, 'reservationId' }, { { orderId = '' }, 'orderId' },
         { { resId = 'taken' }, 'reservationId taken already exists' }, { { resId = 'gk1dup' }, 'appears twice' },
+        -- the pending index separates a call's ids with spaces
+        { { resId = 'two words' }, 'reservationId two words has a space' },
       }) do
         local list = good(5)
         if bad[1].resId == 'gk1dup' then list[1].resId = 'gk1dup' end

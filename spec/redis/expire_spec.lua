@@ -60,6 +60,11 @@ describe('expire', function()
     local viaExpire, resExpire = r.state(S), r.res(S, 'same')
     local evExpire = r.events(S)[2]
 
+    -- a release leaves the id in the index until its member is walked; the
+    -- expiry walk took it out
+    assert.are.same({ 'same' }, viaRelease.indexed)
+    assert.are.same({}, viaExpire.indexed)
+    viaRelease.indexed, viaExpire.indexed = nil, nil
     assert.are.same(viaRelease, viaExpire)
     for _, t in ipairs({ resRelease, resExpire, evRelease, evExpire }) do
       t.createdAt, t.updatedAt, t.expiresAt, t.ts, t.id = nil, nil, nil, nil, nil
@@ -124,6 +129,35 @@ describe('expire', function()
     assert.are.equal(b.expiresAt, tonumber(r.client:zscore(K.pending, b.reservationId)))
     local s = r.check(S)
     assert.are.same({ 8, 1, 1 }, { s.stock, s.reserved, s.sold })
+  end)
+
+  it("indexes a call's reservations as one member, and walks it in parts when the limit falls inside", function()
+    local list = r.batch(S, { { user = 'b1' }, { user = 'b2' }, { user = 'b3' }, { user = 'b4' }, { user = 'b5' } },
+      { perUserLimit = 0 })
+    local ids = {}
+    for i, a in ipairs(list) do
+      assert.are.equal('OK', a.code)
+      ids[i] = a.reservationId
+    end
+    assert.are.same({ { ids = ids, score = list[1].expiresAt } }, r.index(S))
+    -- a confirmed one stays in the member, no longer counted as pending
+    assert.are.equal('OK', r.confirm(S, ids[2]).code)
+    local st = r.status(S, true)
+    assert.are.same({ 4, 4 }, { st.pending, st.pendingQuantity })
+    assert.are.same({ ids = ids, score = list[1].expiresAt }, r.index(S)[1])
+
+    local past = r.now() - 1000
+    for _, id in ipairs(ids) do r.patch_res(S, id, { expiresAt = tostring(past) }) end
+    r.client:zadd(K.pending, past, table.concat(ids, ' '))
+    -- limit 2: the first expires, the confirmed one is dropped; the other three
+    -- stay together, as due as before
+    assert.are.same({ code = 'OK', expired = 1, more = true }, r.expire(S, 2))
+    assert.are.same({ { ids = { ids[3], ids[4], ids[5] }, score = past } }, r.index(S))
+    assert.are.same({ code = 'OK', expired = 3, more = false }, r.expire(S, 10))
+    assert.are.same({}, r.index(S))
+    local s = r.check(S)
+    assert.are.same({ 9, 0, 1, 4, 0 }, { s.stock, s.reserved, s.sold, s.expired, s.pendingCount })
+    assert.are.equal('CONFIRMED', r.res(S, ids[2]).status)
   end)
 
   it('does nothing on a SKU without reservations', function()

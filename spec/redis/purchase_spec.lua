@@ -115,7 +115,8 @@ describe('purchase', function()
       assert.are.equal('SOLD_OUT', r.purchase(S, 'u2', { key = 'late' }).code)
       assert.are.same({ 'late' }, r.client:smembers(K.sokeys))
       local today = r.idem_days(S)
-      assert.are.equal(r.client:pttl(today), r.client:pttl(K.sokeys))
+      -- the same expiry time (two PTTL reads, a few ms apart)
+      assert.is_true(math.abs(r.client:pttl(today) - r.client:pttl(K.sokeys)) < 100)
       -- so the stored keys less sokeys are the two that a worker answering
       -- SOLD_OUT from memory still sends to Redis for their replay
       local fields = r.client:hkeys(today)

@@ -26,7 +26,8 @@ describe('sale', function()
     assert.are.same({ name = 'Spring gig', price = '19.9', initial = '100', startsAt = '1000', endsAt = '2000',
       createdAt = tostring(sale.createdAt), gen = tostring(sale.gen) }, h)
     assert.are.equal('100', r.client:get(K.stock))
-    assert.are.same({ reserved = '0', sold = '0', canceled = '0', expired = '0' }, r.client:hgetall(K.counts))
+    assert.are.same({ reserved = '0', sold = '0', canceled = '0', expired = '0', pending = '0' },
+      r.client:hgetall(K.counts))
     r.check(S)
   end)
 
@@ -58,7 +59,8 @@ describe('sale', function()
     assert.are.equal(1, reset.canceled)
     assert.is_true(reset.sale.gen > gen1)
     local s = r.check(S, { outbox = false })
-    assert.are.same({ initial = 7, stock = 7, reserved = 0, sold = 0, canceled = 0, expired = 0, users = {}, pending = {} }, s)
+    assert.are.same({ initial = 7, stock = 7, reserved = 0, sold = 0, canceled = 0, expired = 0, users = {}, pending = {},
+      indexed = {}, pendingCount = 0 }, s)
     assert.is_nil(r.client:hget(K.sale, 'perUserLimit'))  -- a reset forgets the earlier sale's settings
 
     -- the pending reservation was canceled, with one event, so the order store learns of it
@@ -85,15 +87,18 @@ describe('sale', function()
     local function step(limit)
       return r.fcall('cancel_pending', { K.stock, K.counts, K.pending, K.outbox }, { limit, 'tr-step' })
     end
-    -- the oldest first, at most `limit` a step: ghost, then 3, 4 (canceled)
-    assert.are.same({ code = 'OK', canceled = 2, left = 5 }, step(3))
-    assert.are.same({ 'CANCELED', 'CANCELED', 'PENDING' },
-      { r.res(S, ids[3]).status, r.res(S, ids[4]).status, r.res(S, ids[5]).status })
+    -- the oldest ids first, at most `limit` a step: ghost, then 1 (confirmed)
+    -- and 2 (canceled), which waited in the index for a walk; left: members
+    assert.are.same({ code = 'OK', canceled = 0, left = 7 }, step(3))
+    assert.are.same({ 'CONFIRMED', 'CANCELED', 'PENDING' },
+      { r.res(S, ids[1]).status, r.res(S, ids[2]).status, r.res(S, ids[3]).status })
+    assert.are.same({ code = 'OK', canceled = 3, left = 4 }, step(3))
+    assert.are.same({ 'CANCELED', 'CANCELED', 'CANCELED', 'PENDING' },
+      { r.res(S, ids[3]).status, r.res(S, ids[4]).status, r.res(S, ids[5]).status, r.res(S, ids[6]).status })
     local s = r.check(S)
-    assert.are.same({ 14, 5, 1, 3 }, { s.stock, s.reserved, s.sold, s.canceled })
-    assert.are.same({ code = 'OK', canceled = 3, left = 2 }, step(3))
-    -- the reset cancels the two left; every pending one got one canceled event
-    assert.are.equal(2, r.sale(S, { initial = 20 }).canceled)
+    assert.are.same({ 15, 4, 1, 4 }, { s.stock, s.reserved, s.sold, s.canceled })
+    -- the reset cancels the four left; every pending one got one canceled event
+    assert.are.equal(4, r.sale(S, { initial = 20 }).canceled)
     local canceled = 0
     for _, e in ipairs(r.events(S)) do if e.type == 'canceled' then canceled = canceled + 1 end end
     assert.are.equal(1 + 7, canceled)

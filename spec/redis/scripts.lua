@@ -205,11 +205,35 @@ function M.setup(o)
     client:hset((api.idem_days(sku)), key, text)
   end
 
-  -- Moves a pending reservation's expiry msAgo into the past, in the hash and the zset.
+  -- The pending index's members (the ids of one purchase call, space-separated)
+  -- with their scores: { { ids = {...}, score = n }, ... }, oldest first.
+  function api.index(sku)
+    local flat = client:zrange(M.keys(sku).pending, 0, -1, 'WITHSCORES')
+    local out = {}
+    for _, pair in ipairs(flat) do
+      local ids = {}
+      for id in pair[1]:gmatch('[^ ]+') do ids[#ids + 1] = id end
+      out[#out + 1] = { ids = ids, score = tonumber(pair[2]) }
+    end
+    return out
+  end
+
+  -- Moves a pending reservation's expiry msAgo into the past, in the reservation
+  -- and the index (where it becomes a member of its own).
   function api.backdate(sku, id, msAgo)
     local k = M.keys(sku)
     local at = api.now() - (msAgo or 1000)
     api.patch_res(sku, id, { expiresAt = tostring(at) })
+    for _, m in ipairs(api.index(sku)) do
+      for j, other in ipairs(m.ids) do
+        if other == id then
+          client:zrem(k.pending, table.concat(m.ids, ' '))
+          table.remove(m.ids, j)
+          if #m.ids > 0 then client:zadd(k.pending, m.score, table.concat(m.ids, ' ')) end
+          break
+        end
+      end
+    end
     client:zadd(k.pending, at, id)
     return at
   end
@@ -241,9 +265,18 @@ function M.setup(o)
     local sale, counts = client:hgetall(k.sale), client:hgetall(k.counts)
     local s = {
       initial = tonumber(sale.initial), stock = tonumber(client:get(k.stock)),
-      users = {}, pending = client:zrange(k.pending, 0, -1),
+      users = {}, pending = {}, indexed = {}, pendingCount = tonumber(counts.pending),
     }
     for _, f in ipairs({ 'reserved', 'sold', 'canceled', 'expired' }) do s[f] = tonumber(counts[f]) or 0 end
+    -- indexed: every id in the pending index, in order; pending: those whose
+    -- reservation is PENDING (the others wait there for their member's walk)
+    for _, m in ipairs(api.index(sku)) do
+      for _, id in ipairs(m.ids) do
+        s.indexed[#s.indexed + 1] = id
+        local ok, r = pcall(api.res, sku, id)  -- an unreadable value is no reservation
+        if ok and r.status == 'PENDING' then s.pending[#s.pending + 1] = id end
+      end
+    end
     -- Tickets held per user: the user keys of this sale generation (a test
     -- database is small enough to scan; the functions never do).
     local cursor = '0'
@@ -274,13 +307,14 @@ function M.setup(o)
       held = held + n
     end
     assert.are.equal(s.reserved + s.sold, held, 'tickets held by users == reserved + sold')
-    local pendingQty = 0
-    for _, id in ipairs(s.pending) do
-      local r = api.res(sku, id)
-      assert.are.equal('PENDING', r.status)
-      pendingQty = pendingQty + tonumber(r.quantity)
+    local pendingQty, once = 0, {}
+    for _, id in ipairs(s.indexed) do
+      assert.is_nil(once[id], id .. ' is indexed twice')
+      once[id] = true
     end
-    assert.are.equal(s.reserved, pendingQty, 'reserved == quantities of pending reservations')
+    for _, id in ipairs(s.pending) do pendingQty = pendingQty + tonumber(api.res(sku, id).quantity) end
+    assert.are.equal(s.reserved, pendingQty, 'reserved == quantities of the indexed pending reservations')
+    if s.pendingCount then assert.are.equal(#s.pending, s.pendingCount, 'counts.pending == pending reservations') end
     if not (o and o.outbox == false) then
       local sum, seen = { reserved = 0, confirmed = 0, canceled = 0, expired = 0 }, {}
       for _, e in ipairs(api.events(sku)) do
