@@ -88,8 +88,9 @@ app:on_start(function(ctx)
   end
 end)
 
--- The NODE_ID lease, taken at start and renewed well inside its TTL.
-app:every(node_claim.RENEW_MS, "node-id-claim", function(ctx) ctx.node_claim:renew() end)
+-- The NODE_ID lease, taken at start (no purchase before it is) and renewed
+-- well inside its TTL.
+app:every(node_claim.TICK_MS, "node-id-claim", function(ctx) ctx.node_claim:tick(core.mono()) end)
 
 -- No stop hook closes ctx.redis or ctx.db: requests of this generation may
 -- still be running when it is told to stop; the clients close when the

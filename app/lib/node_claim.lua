@@ -8,8 +8,11 @@
 -- instances on one machine with the same NODE_ID are not told apart.)  While another
 -- owner holds it, this node refuses purchases (503), reports itself not ready
 -- and logs who holds it, so the misconfiguration is loud and sells nothing
--- twice.  While Redis cannot be asked the last answer stands: purchases need
--- Redis anyway, and a lapsed lease is taken back at the next renewal.  A node
+-- twice.  Until Redis first answers, the node does not know whether it may
+-- sell, so it refuses as if the NODE_ID were held, and asks again at every
+-- tick (TICK_MS); from then on it asks every RENEW_MS.  While Redis cannot be
+-- asked the last answer stands: purchases need Redis anyway, and a lapsed
+-- lease is taken back at the next renewal.  A node
 -- never gives its NODE_ID up: one worker's reload or stop must not free it
 -- while the others serve; it lapses TTL_MS after the last renewal.
 local M = {}
@@ -17,13 +20,14 @@ M.__index = M
 
 M.TTL_MS = 10000    -- a node that stops renewing frees its NODE_ID after this
 M.RENEW_MS = 3000   -- renewals, well inside the TTL
+M.TICK_MS = 100     -- how often tick() runs: the wait for the first answer at start
 
 function M.key(node_id) return "flashhost:node:" .. node_id end
 
 -- opts: redis, node_id, owner (the host name), lease (lib/stock.lease), log
 function M.new(opts)
   return setmetatable({ redis = opts.redis, key = M.key(opts.node_id), node_id = opts.node_id, owner = opts.owner,
-    lease = opts.lease, log = opts.log, taken_by = nil }, M)
+    lease = opts.lease, log = opts.log, taken_by = nil, answered = false, asked_at = nil }, M)
 end
 
 -- One take-or-renew: true (held) | false (another owner holds it) | nil, err.
@@ -42,10 +46,19 @@ function M:renew()
   return false
 end
 
+-- The periodic job (every TICK_MS): a renewal every RENEW_MS, and one at
+-- every tick until Redis has answered once.
+function M:tick(now)
+  if self.answered and now - self.asked_at < M.RENEW_MS then return end
+  self.asked_at = now
+  if self:renew() ~= nil then self.answered = true end
+end
+
 -- nil when purchases may go on; else the reason they may not.
 function M:refusal()
-  if not self.taken_by then return nil end
-  return ("NODE_ID %d is held by %s"):format(self.node_id, self.taken_by)
+  if self.taken_by then return ("NODE_ID %d is held by %s"):format(self.node_id, self.taken_by) end
+  if not self.answered then return ("NODE_ID %d is not claimed yet (Redis has not answered)"):format(self.node_id) end
+  return nil
 end
 
 return M
