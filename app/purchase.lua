@@ -59,11 +59,11 @@ app:on_start(function(ctx)
   ctx.db = mysql.pool { size = 2, database = services.database() }
   -- Order ids carry the NODE_ID: this node sells only while no other holds it.
   ctx.node_claim = node_claim.new { redis = ctx.redis, node_id = ctx.info.node_id, lease = stock.lease, log = ctx.log,
-    owner = os.getenv("NODE_OWNER") or ctx.info.hostname or "host" }
+    owner = os.getenv("NODE_OWNER") or ctx.info.hostname or "host", answered = core.event() }
   ctx.dependencies = {
     redis = services.redis_check(ctx.redis),
     node_id = function()
-      local why = ctx.node_claim:refusal()
+      local why = ctx.node_claim:await()
       return why == nil, why
     end,
     mysql = function()
@@ -146,7 +146,7 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
     return answers.sold_out_body(remaining, rules, core.mono() - t0)
   end
 
-  local taken = ctx.node_claim:refusal()
+  local taken = ctx.node_claim:await()
   if taken then
     ctx.metrics.purchase("error", "node_id")
     return answers.unavailable(rules, taken)

@@ -21,13 +21,16 @@ M.__index = M
 M.TTL_MS = 10000    -- a node that stops renewing frees its NODE_ID after this
 M.RENEW_MS = 3000   -- renewals, well inside the TTL
 M.TICK_MS = 100     -- how often tick() runs: the wait for the first answer at start
+M.FIRST_WAIT_MS = 1000 -- how long await() lets a request wait for that answer
 
 function M.key(node_id) return "flashhost:node:" .. node_id end
 
--- opts: redis, node_id, owner (the host name), lease (lib/stock.lease), log
+-- opts: redis, node_id, owner (the host name), lease (lib/stock.lease), log,
+-- answered (optional: a core.event, set at Redis's first answer; await waits on it)
 function M.new(opts)
   return setmetatable({ redis = opts.redis, key = M.key(opts.node_id), node_id = opts.node_id, owner = opts.owner,
-    lease = opts.lease, log = opts.log, taken_by = nil, answered = false, asked_at = nil }, M)
+    lease = opts.lease, log = opts.log, taken_by = nil, answered = false, asked_at = nil,
+    first_answer = opts.answered }, M)
 end
 
 -- One take-or-renew: true (held) | false (another owner holds it) | nil, err.
@@ -51,7 +54,10 @@ end
 function M:tick(now)
   if self.answered and now - self.asked_at < M.RENEW_MS then return end
   self.asked_at = now
-  if self:renew() ~= nil then self.answered = true end
+  if self:renew() ~= nil and not self.answered then
+    self.answered = true
+    if self.first_answer then self.first_answer:set(true) end
+  end
 end
 
 -- nil when purchases may go on; else the reason they may not.
@@ -59,6 +65,14 @@ function M:refusal()
   if self.taken_by then return ("NODE_ID %d is held by %s"):format(self.node_id, self.taken_by) end
   if not self.answered then return ("NODE_ID %d is not claimed yet (Redis has not answered)"):format(self.node_id) end
   return nil
+end
+
+-- refusal(), after a wait of up to FIRST_WAIT_MS for Redis's first answer:
+-- a request that arrives as the node starts waits for the claim as it would
+-- for Redis itself, instead of being refused at once.  Yields only then.
+function M:await()
+  if not self.answered and self.first_answer then self.first_answer:wait(M.FIRST_WAIT_MS) end
+  return self:refusal()
 end
 
 return M

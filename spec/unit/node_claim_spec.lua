@@ -5,11 +5,11 @@ local NodeClaim = require "app.lib.node_claim"
 
 describe("NODE_ID claim", function()
   -- answers: what successive lease calls return (1, 0, or false for an error)
-  local function claim(answers, holder)
+  local function claim(answers, holder, event)
     local calls = 0
     local errors = {}
     local c = NodeClaim.new {
-      node_id = 7, owner = "me",
+      node_id = 7, owner = "me", answered = event,
       redis = { call = function() return holder end },
       lease = function()
         calls = calls + 1
@@ -44,6 +44,22 @@ describe("NODE_ID claim", function()
     assert.is_nil(c:refusal()) -- the failed renewal left the claim as it was
     c:tick(NodeClaim.RENEW_MS + 100)
     assert.are.equal(2, calls())
+  end)
+
+  it("lets a request wait for the first answer (await), and only for that one", function()
+    local waits, set = {}, 0
+    local event = { wait = function(_, ms) waits[#waits + 1] = ms end, set = function() set = set + 1 end }
+    local c = claim({ false, 1, 1 }, nil, event)
+    c:tick(0)
+    assert.matches("not claimed yet", c:await())
+    assert.are.same({ NodeClaim.FIRST_WAIT_MS }, waits)
+    c:tick(100)
+    assert.are.equal(1, set)
+    assert.is_nil(c:await())
+    c:tick(100 + NodeClaim.RENEW_MS)
+    assert.is_nil(c:await())
+    assert.are.same({ NodeClaim.FIRST_WAIT_MS }, waits) -- no wait once answered
+    assert.are.equal(1, set)                            -- set once
   end)
 
   it("refuses while another owner holds it, naming the holder, and sells once it is back", function()
