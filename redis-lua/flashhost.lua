@@ -563,11 +563,8 @@ local function purchase_batch(keys, args)
     mset[#mset + 1] = '{"userId":' .. userJson .. ',"orderId":' .. orderJson .. ',"quantity":' .. qt[2] ..
       ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. ',"createdAt":' ..
       nowTextJson .. ',"updatedAt":' .. nowTextJson .. ',"traceId":' .. traceJson .. '}'
-    -- eventId '<resId>:reserved': resId's JSON string with the suffix before its closing quote
-    events[#events + 1] = '{"eventId":' .. string.sub(resJson, 1, -2) .. ':reserved","type":"reserved","skuId":' ..
-      skuJson .. ',"orderId":' .. orderJson .. ',"userId":' .. userJson .. ',"quantity":' .. qt[2] ..
-      ',"reservationId":' .. resJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
-      ',"traceId":' .. traceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. '}'
+    -- its row of the call's reserved message (the fields it shares with the others once there)
+    events[#events + 1] = '[' .. resJson .. ',' .. orderJson .. ',' .. userJson .. ',' .. qt[2] .. ',' .. traceJson .. ']'
     made[#made + 1] = resId
     if index then
       local ik = keys[6 + 2 * n + i]
@@ -594,11 +591,16 @@ local function purchase_batch(keys, args)
     redis.call('HINCRBY', countsKey, 'reserved', taken)
     redis.call('HINCRBY', countsKey, 'pending', #made)
     redis.call('ZADD', pendingKey, expiresArg, table.concat(made, PENDING_SEP))
-    -- One outbox entry for the call's reservations: its `events` field holds
-    -- them as a JSON array of the usual event fields, which the relay sends
-    -- as one Kafka message.  One entry to append, read, acknowledge, delete
-    -- and send, instead of one per ticket sold.
-    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', '[' .. table.concat(events, ',') .. ']')
+    -- One outbox entry for the call's reservations, which the relay sends as
+    -- one Kafka message: its `events` field is a JSON object of what the
+    -- reserved events share (skuId, ts, unitPrice, expiresAt, status) and
+    -- one row [reservationId, orderId, userId, quantity, traceId] each, all
+    -- texts (lib/order_events.lua expand makes the events of it).  One entry
+    -- to append, read, acknowledge, delete and send, instead of one per
+    -- ticket sold, and the shared fields written once.
+    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', '{"type":"reserved","skuId":' .. skuJson ..
+      ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' ..
+      expiresTextJson .. ',"rows":[' .. table.concat(events, ',') .. ']}')
   end
   if #idemWrites > 0 then
     redis.call('HSET', idemToday, unpack(idemWrites))

@@ -35,15 +35,42 @@ local function check(ev)
   return ev
 end
 
--- Decodes one message: a single event object, or the JSON array of events a
--- purchase batch wrote as one outbox entry (the relay sends that entry's text
--- as it is).  Returns the list of events, or nil, reason when the message or
--- any event in it is unreadable: a message is dead-lettered whole.
+-- A purchase batch's reserved message (decoded): the fields its events
+-- share (skuId, ts, unitPrice, expiresAt) and `rows`, one
+-- [reservationId, orderId, userId, quantity, traceId] per reservation, as
+-- redis-lua's purchase_batch writes it.  Returns its events, with the fields
+-- and texts of a single reserved event, unchecked; nil, reason when a row is
+-- not an array.
+function M.expand(batch)
+  local out = {}
+  for i, row in ipairs(batch.rows) do
+    if type(row) ~= "table" then return nil, ("row %d: not an array"):format(i) end
+    local resId = row[1]
+    out[i] = { type = "reserved", eventId = type(resId) == "string" and resId .. ":reserved" or nil,
+      reservationId = resId, orderId = row[2], userId = row[3], quantity = row[4], traceId = row[5],
+      skuId = batch.skuId, ts = batch.ts, unitPrice = batch.unitPrice, expiresAt = batch.expiresAt,
+      status = "PENDING" }
+  end
+  return out
+end
+
+-- Decodes one message: a single event object, a purchase batch's reserved
+-- message (see expand; the relay sends that outbox entry's text as it is), or
+-- the JSON array of events older versions wrote for a batch.  Returns the
+-- list of events, or nil, reason when the message or any event in it is
+-- unreadable: a message is dead-lettered whole.
 local MAX_EVENTS = 1000
 function M.decode_all(value)
   local v = cjson.decode(value or "")
   if type(v) ~= "table" then return nil, "not JSON" end
-  if v[1] == nil then
+  if v.rows ~= nil then
+    if v.type ~= "reserved" then return nil, "rows of type " .. tostring(v.type) end
+    if type(v.rows) ~= "table" or v.rows[1] == nil then return nil, "rows must be a non-empty array" end
+    if #v.rows > MAX_EVENTS then return nil, "more than " .. MAX_EVENTS .. " events in one message" end
+    local why
+    v, why = M.expand(v)
+    if not v then return nil, why end
+  elseif v[1] == nil then
     local ev, why = check(v)
     if not ev then return nil, why end
     return { ev }

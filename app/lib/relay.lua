@@ -41,7 +41,8 @@ local function read(r, stream, consumer, id, count)
 end
 
 -- The Kafka message of one outbox entry.  An entry of a purchase_batch call
--- carries its reservations as one JSON array in `events`; that text goes out
+-- carries its reservations in one text, `events` (what their events share,
+-- and a row each: redis-lua/README.md); that text goes out
 -- as it is, one message for the whole batch, so the broker, the order worker
 -- and this relay pay per batch what they used to pay per ticket.  The order
 -- worker reads either form (lib/order_events.lua decode_all); a message that

@@ -5,6 +5,7 @@ local cjson = require 'cjson'
 local redis = require 'redis'
 local helpers = require 'spec.helpers'
 local assert = require 'luassert'
+local order_events = require 'app.lib.order_events'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$') or ''
 local xrange = redis.command('XRANGE')
@@ -239,7 +240,8 @@ function M.setup(o)
   end
 
   -- Every event in the outbox, in order: a purchase_batch entry holds its
-  -- reservations' events as a JSON array (`events`); each becomes one event
+  -- reservations' events in one message (`events`: what they share and a row
+  -- each, which the order worker expands as here); each becomes one event
   -- here with its entry's id.
   function api.events(sku)
     local out = {}
@@ -247,7 +249,9 @@ function M.setup(o)
       local e, f = { id = entry[1] }, entry[2]
       for i = 1, #f, 2 do e[f[i]] = f[i + 1] end
       if e.events then
-        for _, ev in ipairs(cjson.decode(e.events)) do
+        local batch = cjson.decode(e.events)
+        assert.are.equal('reserved', batch.type)
+        for _, ev in ipairs(assert(order_events.expand(batch))) do
           ev.id = e.id
           out[#out + 1] = ev
         end

@@ -33,7 +33,7 @@ describe("order events", function()
     end
   end)
 
-  it("decodes a purchase batch's message: a JSON array of events, in order", function()
+  it("decodes an older purchase batch's message: a JSON array of events, in order", function()
     local one, two = cjson.decode(ev("reserved")), cjson.decode(ev("reserved", { reservationId = "11", orderId = "21" }))
     local evs = assert(events.decode_all(cjson.encode { one, two }))
     assert.are.equal(2, #evs)
@@ -44,6 +44,35 @@ describe("order events", function()
     local single = assert(events.decode_all(ev("confirmed")))
     assert.are.equal(1, #single)
     assert.are.equal("CONFIRMED", single[1].status)
+  end)
+
+  it("decodes a purchase batch's reserved message: shared fields once, a row per reservation", function()
+    local msg = cjson.encode { type = "reserved", skuId = "1", ts = "1700000000000", unitPrice = "19.9",
+      status = "PENDING", expiresAt = "1700000300000",
+      rows = { { "10", "20", "30", "2", "tr-a" }, { "11", "21", "31", "1", "tr-b" } } }
+    local evs = assert(events.decode_all(msg))
+    assert.are.equal(2, #evs)
+    assert.are.same({ type = "reserved", eventId = "11:reserved", reservationId = "11", orderId = "21", userId = "31",
+      skuId = "1", quantity = 1, unitPrice = 19.9, expiresAt = 1700000300000, ts = "1700000000000", traceId = "tr-b",
+      status = "PENDING" }, evs[2])
+    assert.are.same({ "20", 2, "tr-a" }, { evs[1].orderId, evs[1].quantity, evs[1].traceId })
+    -- the same statements as the two events sent one by one
+    local one = { assert(decode(cjson.encode(events.expand(cjson.decode(msg))[1]))),
+      assert(decode(cjson.encode(events.expand(cjson.decode(msg))[2]))) }
+    assert.are.same(events.statements(one), events.statements(evs))
+  end)
+
+  it("refuses a batch's reserved message whole when a row is poison", function()
+    local function msg(rows, t)
+      return cjson.encode { type = t or "reserved", skuId = "1", ts = "1", unitPrice = "1", expiresAt = "1", rows = rows }
+    end
+    for _, bad in ipairs { msg({ { "10", "20", "30", "1", "t" }, { "x", "21", "31", "1", "t" } }),
+      msg({ { "10", "20", "30", "0", "t" } }), msg({ "10" }), msg({}), msg("rows"),
+      msg({ { "10", "20", "30", "1", "t" } }, "confirmed") } do
+      local evs, why = events.decode_all(bad)
+      assert.is_nil(evs, bad)
+      assert.is_string(why)
+    end
   end)
 
   it("refuses a batch message whole when any event in it is poison", function()
