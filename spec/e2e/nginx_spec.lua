@@ -38,14 +38,18 @@ for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
   out[#out + 1] = k .. '|' .. (r.orderId or '') .. '|' .. (r.traceId or '')
 end
 return out]==]
--- (an entry of a purchase_batch call holds its events as a JSON array)
+-- (an entry of a purchase_batch call holds its reservations in `events`: a
+-- row [reservationId, orderId, ...] each, under the fields they share)
 local OUTBOX_SCRIPT = [==[
 local out = {}
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local f = {}
   for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-  for _, ev in ipairs(f.events and cjson.decode(f.events) or { f }) do
-    out[#out + 1] = (ev.type or '') .. '|' .. (ev.reservationId or '') .. '|' .. (ev.orderId or '')
+  if f.events then
+    local batch = cjson.decode(f.events)
+    for _, row in ipairs(batch.rows) do out[#out + 1] = batch.type .. '|' .. row[1] .. '|' .. row[2] end
+  else
+    out[#out + 1] = (f.type or '') .. '|' .. (f.reservationId or '') .. '|' .. (f.orderId or '')
   end
 end
 return out]==]

@@ -188,13 +188,15 @@ end
 
 -- A Redis script (EVAL it with the outbox stream as KEYS[1]) that counts the
 -- events in a SKU's outbox: an entry of a purchase_batch call carries its
--- reservations' events as a JSON array in `events`, other entries are one each.
+-- reservations in `events` (a row each), other entries are one each.
 M.COUNT_OUTBOX_EVENTS = [[
 local n = 0
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local f, list = e[2], nil
   for i = 1, #f, 2 do if f[i] == 'events' then list = f[i + 1] end end
-  n = n + (list and #cjson.decode(list) or 1)
+  -- a purchase batch's entry: a row per reservation (an older one: an array of events)
+  local batch = list and cjson.decode(list)
+  n = n + (batch and #(batch.rows or batch) or 1)
 end
 return n]]
 
