@@ -157,11 +157,16 @@ end
 -- alone.  How many reservations are PENDING is counted in counts.pending.
 local PENDING_SEP = ' '
 
+-- The reservation ids of one member of the pending index, in order (an iterator).
+local function member_ids(member)
+  return string.gmatch(member, '[^' .. PENDING_SEP .. ']+')
+end
+
 -- walk_pending(s, flat, budget, visit): flat is a ZRANGE ... WITHSCORES answer
 -- (member, score, ...), oldest first.  Calls visit(id) for up to `budget` ids
 -- in order; each member walked leaves the index, and the ids of one walked in
 -- part go back as a member of their own (same score).  visit may index an id
--- anew: the member is gone by then.  Returns how many ids were visited.
+-- anew: the member is gone by then.
 local function walk_pending(s, flat, budget, visit)
   local seen = 0
   for i = 1, #flat, 2 do
@@ -169,7 +174,7 @@ local function walk_pending(s, flat, budget, visit)
     local member = flat[i]
     redis.call('ZREM', s.pending, member)
     local rest
-    for id in string.gmatch(member, '[^ ]+') do
+    for id in member_ids(member) do
       if seen < budget then
         seen = seen + 1
         visit(id)
@@ -180,7 +185,6 @@ local function walk_pending(s, flat, budget, visit)
     end
     if rest then redis.call('ZADD', s.pending, flat[i + 1], table.concat(rest, PENDING_SEP)) end
   end
-  return seen
 end
 
 -- The keys of one SKU that a reservation's release touches.
@@ -804,7 +808,7 @@ local function status(keys, args)
     local prefix = string.match(keys[1], '^({sku:[^}]+}:)')
     local qty = 0
     for _, member in ipairs(redis.call('ZRANGE', keys[4], 0, -1)) do
-      for id in string.gmatch(member, '[^ ]+') do
+      for id in member_ids(member) do
         local r = reservation(prefix .. 'res:' .. id)
         if r and r.status == 'PENDING' then qty = qty + (tonumber(r.quantity) or 0) end
       end

@@ -66,7 +66,6 @@ function M.decode_all(value)
   if v.rows ~= nil then
     if v.type ~= "reserved" then return nil, "rows of type " .. tostring(v.type) end
     if type(v.rows) ~= "table" or v.rows[1] == nil then return nil, "rows must be a non-empty array" end
-    if #v.rows > MAX_EVENTS then return nil, "more than " .. MAX_EVENTS .. " events in one message" end
     local why
     v, why = M.expand(v)
     if not v then return nil, why end

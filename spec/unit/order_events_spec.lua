@@ -66,7 +66,9 @@ describe("order events", function()
     local function msg(rows, t)
       return cjson.encode { type = t or "reserved", skuId = "1", ts = "1", unitPrice = "1", expiresAt = "1", rows = rows }
     end
-    for _, bad in ipairs { msg({ { "10", "20", "30", "1", "t" }, { "x", "21", "31", "1", "t" } }),
+    local many = {}
+    for i = 1, 1001 do many[i] = { tostring(i), "20", "30", "1", "t" } end
+    for _, bad in ipairs { msg(many), msg({ { "10", "20", "30", "1", "t" }, { "x", "21", "31", "1", "t" } }),
       msg({ { "10", "20", "30", "0", "t" } }), msg({ "10" }), msg({}), msg("rows"),
       msg({ { "10", "20", "30", "1", "t" } }, "confirmed") } do
       local evs, why = events.decode_all(bad)
