@@ -12,8 +12,10 @@
 -- send(key, items) -> answers (one per item, same order) | nil, kind, detail.
 -- It runs in the task of the batch's leader: the attempt at the head of the
 -- batch.  A leader answers its own request once the call is back, and hands
--- the lead to the head of the next batch first, so the next call goes out
--- before anyone's answer is written.
+-- the lead to the head of the queue first, so the next call goes out before
+-- anyone's answer is written.  The new leader takes its batch when it runs (a
+-- later turn of the loop): the attempts read in the meantime, in the same turn
+-- as the answer, ride in that call instead of waiting for the one after.
 --
 -- No attempt waits longer than the call it rides in: the waits are bounded
 -- by the Redis client's own deadline, and they are not cut short by a
@@ -38,14 +40,10 @@ function M.new(opts)
   }, M)
 end
 
--- The slots queued for `key`, up to max, in arrival order; nil when none
--- (and then the key has no call in flight any more).
-local function take(self, key, lane)
+-- The slots queued for `key`, up to max, in arrival order (at least the
+-- caller's own, at the head).
+local function take(self, lane)
   local q = lane.queue
-  if #q == 0 then
-    self.lanes[key] = nil
-    return nil
-  end
   local n = math.min(#q, self.max)
   local batch = {}
   for i = 1, n do batch[i] = q[i] end
@@ -67,10 +65,10 @@ local function lead(self, key, lane, batch)
   if self.on_batch then self.on_batch(key, #batch) end
   local ok, answers, kind, detail = pcall(self.send, key, items)
   if not ok then answers, kind, detail = nil, "error", tostring(answers) end
-  -- The next batch first: its call goes out on the next turn of the loop,
-  -- before the answers below are written.
-  local nxt = take(self, key, lane)
-  if nxt then nxt[1].ev:set("lead", nxt) end
+  -- The next batch first: its leader sends it on the next turn of the loop,
+  -- before the answers below are written; none queued: the key goes idle.
+  local q = lane.queue
+  if #q > 0 then q[1].ev:set("lead") else self.lanes[key] = nil end
   for i = 2, #batch do
     local ev = batch[i].ev
     if answers then ev:set("done", answers[i]) else ev:set("done", nil, kind, detail) end
@@ -90,7 +88,8 @@ function M:submit(key, item)
   local slot = { item = item, ev = self.event() }
   lane.queue[#lane.queue + 1] = slot
   local what, answer, kind, detail = slot.ev:wait(GUARD_MS, true)
-  if what == "lead" then return lead(self, key, lane, answer) end
+  -- our slot heads the queue: the batch is what is queued now
+  if what == "lead" then return lead(self, key, lane, take(self, lane)) end
   if what == "done" then return answer, kind, detail end
   -- Unreachable unless a leader was lost: do not leave our slot to be sent
   -- later for a request that already answered.

@@ -65,6 +65,34 @@ describe("group commit", function()
     for i = 1, 50 do assert.are.equal(i, answers[i].a.echo) end
   end)
 
+  it("takes the next batch when its leader runs: attempts that arrive with the answer ride along", function()
+    batches = {}
+    local late = { n = 0 }
+    local arrive = core.event()
+    local gc
+    gc = GroupCommit.new { send = function(_, items)
+      batches[#batches + 1] = items
+      timer.sleep(5)
+      -- wakes the late attempt's task in the turn the first answer comes back:
+      -- it runs before the next leader does
+      if #batches == 1 then arrive:set() end
+      local out = {}
+      for i, it in ipairs(items) do out[i] = { echo = it } end
+      return out
+    end }
+    core.spawn(function()
+      arrive:wait(3000)
+      late.a = gc:submit("sku1", "late")
+      late.n = 1
+    end)
+    local queued = submit_many(gc, "sku1", 2)
+    assert.is_true(wait_until(3000, function() return queued.n == 2 and late.n == 1 end))
+    -- 1 alone; 2 and the late one in the second call (a batch taken as the
+    -- first answer came back would have left "late" for a third)
+    assert.are.same({ { 1 }, { 2, "late" } }, batches)
+    assert.are.equal("late", late.a.echo)
+  end)
+
   it("caps a batch at max and sends the rest in the next call", function()
     local gc = GroupCommit.new { send = recorder(20), max = 16 }
     local answers = submit_many(gc, "sku1", 41)
