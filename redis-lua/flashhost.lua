@@ -95,6 +95,45 @@ local function idem_days(prefix, now)
   return prefix .. 'idems:' .. day, prefix .. 'idems:' .. (day - 1), (day + 2) * IDEM_DAY_MS
 end
 
+-- A stored answer (a field of the idems hash) is one text, REC_SEP between
+-- its parts: '<gen> <userId> <requestHash> <answer>', where <answer> is the
+-- answer's JSON, or for an OK 'OK <quantity> <reservationId> <orderId>
+-- <remaining> <expiresAt> <unitPrice>' (each as its JSON text; unitPrice
+-- empty when the sale has none), which the replay turns back into the same
+-- answer: about 100 bytes where the JSON record took 300, to build, store
+-- and append to the file.  Its texts (userId, requestHash, the ids) are in
+-- their JSON form, which never holds the byte REC_SEP (cjson escapes every
+-- control character), so the parts split back whatever the texts are.  A
+-- record of before this form is the JSON object { userId, requestHash, gen,
+-- result }, and is read as well.
+local REC_SEP = '\31'
+
+-- The JSON text of an OK answer, from its parts (JSON texts; unitPricePart
+-- is ',"unitPrice":<n>' or ''), in the key order cjson gave the table it
+-- replaces.
+local function ok_answer(qtyJson, resJson, unitPricePart, orderJson, remaining, expiresJson)
+  return '{"quantity":' .. qtyJson .. ',"reservationId":' .. resJson .. ',"code":"OK"' .. unitPricePart ..
+    ',"orderId":' .. orderJson .. ',"remaining":' .. remaining .. ',"expiresAt":' .. expiresJson .. '}'
+end
+
+-- stored_record(text) -> { gen, userJson, hashJson (the userId and the
+-- requestHash as JSON), result (the answer's JSON) } | nil
+local function stored_record(text)
+  if string.sub(text, 1, 1) == '{' then
+    local r = cjson.decode(text)
+    return { gen = r.gen, userJson = cjson.encode(r.userId), hashJson = cjson.encode(r.requestHash),
+      result = cjson.encode(r.result) }
+  end
+  local gen, userJson, hashJson, answer = string.match(text, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
+  if not gen then return nil end -- not a record: as if none were stored
+  if string.sub(answer, 1, 3) == 'OK' .. REC_SEP then
+    local q, resJson, orderJson, remaining, expires, price =
+      string.match(answer, '^OK\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+    answer = ok_answer(q, resJson, price == '' and '' or ',"unitPrice":' .. price, orderJson, remaining, expires)
+  end
+  return { gen = gen, userJson = userJson, hashJson = hashJson, result = answer }
+end
+
 -- Whether an answer is stored under idempotency key `idem` of the SKU.
 local function idem_stored(prefix, now, idem)
   local today, yesterday = idem_days(prefix, now)
@@ -329,6 +368,9 @@ end
 -- attempts would get one by one, in order, with the per-SKU reads and writes
 -- done once for the batch.
 local function purchase_batch(keys, args)
+  -- what runs per attempt, read from the globals once per call (each global
+  -- read goes through the function's environment)
+  local encode, find, format = cjson.encode, string.find, string.format
   local c = context('purchase_batch', keys, args)
   local n = c.int(args[1], 'n (ARGV[1])', 1)
   if args[6] ~= '1' and args[6] ~= '0' then c.fail("index (ARGV[6]) must be '1' or '0'") end
@@ -369,7 +411,7 @@ local function purchase_batch(keys, args)
       if keys[ik] ~= index_key(orderId) then c.fail('KEYS[' .. ik .. '] must be ' .. index_key(orderId)) end
     end
     if seen[resId] then c.fail('reservationId ' .. resId .. ' appears twice') end
-    if string.find(resId, PENDING_SEP, 1, true) then c.fail('reservationId ' .. resId .. ' has a space') end
+    if find(resId, PENDING_SEP, 1, true) then c.fail('reservationId ' .. resId .. ' has a space') end
     seen[resId] = true
     qtys[i], resKeys[i] = qty, keys[k + 2]
     local idem = args[a + 3]
@@ -405,11 +447,11 @@ local function purchase_batch(keys, args)
   local idemToday, idemYesterday, idemExpireAt = idem_days(prefix, now)
   local unitPrice = tonumber(price)
   -- JSON pieces of the stored records and events (strings: cjson.encode never raises)
-  local genJson, skuJson, priceJson = cjson.encode(gen), cjson.encode(c.sku), cjson.encode(price)
+  local skuJson, priceJson = cjson.encode(c.sku), cjson.encode(price)
   local nowTextJson, expiresTextJson = cjson.encode(nowText), cjson.encode(expiresText)
   -- Those of the OK answer (numbers) are made at the first OK: there, where
   -- the answer was encoded whole before, as a number cjson cannot write raises.
-  local unitPricePart, expiresJson
+  local unitPriceJson, unitPricePart, expiresJson
   local qtyTexts = {}              -- quantity -> { tostring, as JSON string, as JSON number }
   local intTexts = {}              -- int_text's memo
   -- A bucket refilled in this call is full again at the same time for every user.
@@ -423,7 +465,8 @@ local function purchase_batch(keys, args)
   local userText = {}              -- userKey -> its key's text, as read (absent: no key)
   local idems = {}                 -- idempotency key -> stored record text, as read (absent: none)
   local stored = {}                -- idempotency key -> i: attempt i of this call stored its answer
-  local taken, made, soKeys, events = 0, {}, {}, {}
+  -- events: the reserved message's rows, after its head (events[1], made last)
+  local taken, made, soKeys, events = 0, {}, {}, { false }
   local idemWrites = {}            -- HSET arguments of the answers stored by this call
   local indexWrites = {}           -- index hash -> its HSET arguments
   local answers = {}               -- i -> attempt i's answer (JSON text)
@@ -473,15 +516,16 @@ local function purchase_batch(keys, args)
   -- (a 200, a 403) back.  SOLD_OUT is stored at the stock's end only, where a
   -- set of every other answer cost a member per purchase.
   -- text (attempt i's answer, encoded once) is both the stored record's result
-  -- and the attempt's element of the call's answer.  userJson: the userId as
-  -- JSON when the caller has it.
-  local function final(i, text, soldOut, userJson)
+  -- and the attempt's element of the call's answer; okBody, an OK's compact
+  -- form (see REC_SEP), is stored in its place.  userJson: the userId as JSON
+  -- when the caller has it.
+  local function final(i, text, soldOut, okBody, userJson)
     local a = 6 + (i - 1) * 7
     local idem = args[a + 3]
     if idem ~= '' then
       idemWrites[#idemWrites + 1] = idem
-      idemWrites[#idemWrites + 1] = '{"userId":' .. (userJson or cjson.encode(args[a + 1])) .. ',"requestHash":' ..
-        cjson.encode(args[a + 4]) .. ',"gen":' .. genJson .. ',"result":' .. text .. '}'
+      idemWrites[#idemWrites + 1] = gen .. REC_SEP .. (userJson or encode(args[a + 1])) .. REC_SEP ..
+        encode(args[a + 4]) .. REC_SEP .. (okBody or text)
       stored[idem] = i
       if soldOut then soKeys[#soKeys + 1] = idem end
     end
@@ -503,11 +547,11 @@ local function purchase_batch(keys, args)
         return '{"result":' .. answers[j] .. ',"code":"REPLAY"}'
       end
       local rec = idems[idem]
-      if type(rec) == 'string' then rec = cjson.decode(rec); idems[idem] = rec end
+      if type(rec) == 'string' then rec = stored_record(rec); idems[idem] = rec end
       if rec and rec.gen == gen then
-        if rec.userId ~= userId then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
-        if rec.requestHash ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
-        return cjson.encode({ code = 'REPLAY', result = rec.result })
+        if rec.userJson ~= encode(userId) then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
+        if rec.hashJson ~= encode(args[a + 4]) then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
+        return '{"result":' .. rec.result .. ',"code":"REPLAY"}'
       end
     end
 
@@ -561,14 +605,14 @@ local function purchase_batch(keys, args)
     -- The reservation, the event and the answer are written as JSON text from
     -- their pieces (ids escaped by cjson.encode as any string); the event and
     -- the answer in the key order cjson gave the tables they replace: the same text.
-    local resJson, orderJson, userJson, traceJson = cjson.encode(resId), cjson.encode(orderId), cjson.encode(userId),
-      cjson.encode(traceId)
+    local resJson, orderJson, userJson, traceJson = encode(resId), encode(orderId), encode(userId), encode(traceId)
     mset[#mset + 1] = keys[k + 2]
     mset[#mset + 1] = '{"userId":' .. userJson .. ',"orderId":' .. orderJson .. ',"quantity":' .. qt[2] ..
       ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. ',"createdAt":' ..
       nowTextJson .. ',"updatedAt":' .. nowTextJson .. ',"traceId":' .. traceJson .. '}'
     -- its row of the call's reserved message (the fields it shares with the others once there)
-    events[#events + 1] = '[' .. resJson .. ',' .. orderJson .. ',' .. userJson .. ',' .. qt[2] .. ',' .. traceJson .. ']'
+    events[#events + 1] = (#events > 1 and ',[' or '[') .. resJson .. ',' .. orderJson .. ',' .. userJson .. ',' ..
+      qt[2] .. ',' .. traceJson .. ']'
     made[#made + 1] = resId
     if index then
       local ik = keys[6 + 2 * n + i]
@@ -578,14 +622,17 @@ local function purchase_batch(keys, args)
       w[#w + 1] = c.sku .. ':' .. resId
     end
     if not expiresJson then
-      unitPricePart = unitPrice == nil and '' or ',"unitPrice":' .. cjson.encode(unitPrice)
+      unitPriceJson = unitPrice == nil and '' or cjson.encode(unitPrice)
+      unitPricePart = unitPrice == nil and '' or ',"unitPrice":' .. unitPriceJson
       expiresJson = cjson.encode(expiresAt)
     end
     -- remaining: an integer printed as an integer (cheaper than a float
     -- formatting, and the same digits below 1e14); anything else by cjson
-    local remaining = (stock >= 1 and stock < 1e14 and stock % 1 == 0) and string.format('%d', stock) or cjson.encode(stock)
-    return final(i, '{"quantity":' .. qt[3] .. ',"reservationId":' .. resJson .. ',"code":"OK"' .. unitPricePart ..
-      ',"orderId":' .. orderJson .. ',"remaining":' .. remaining .. ',"expiresAt":' .. expiresJson .. '}', false, userJson)
+    local remaining = (stock >= 1 and stock < 1e14 and stock % 1 == 0) and format('%d', stock) or encode(stock)
+    local okBody = idem ~= '' and 'OK' .. REC_SEP .. qt[3] .. REC_SEP .. resJson .. REC_SEP .. orderJson .. REC_SEP ..
+      remaining .. REC_SEP .. expiresJson .. REC_SEP .. unitPriceJson
+    return final(i, ok_answer(qt[3], resJson, unitPricePart, orderJson, remaining, expiresJson), false, okBody or nil,
+      userJson)
   end
 
   for i = 1, n do answers[i] = attempt(i) end
@@ -602,9 +649,10 @@ local function purchase_batch(keys, args)
     -- texts (lib/order_events.lua expand makes the events of it).  One entry
     -- to append, read, acknowledge, delete and send, instead of one per
     -- ticket sold, and the shared fields written once.
-    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', '{"type":"reserved","skuId":' .. skuJson ..
-      ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' ..
-      expiresTextJson .. ',"rows":[' .. table.concat(events, ',') .. ']}')
+    events[1] = '{"type":"reserved","skuId":' .. skuJson .. ',"ts":' .. nowTextJson .. ',"unitPrice":' .. priceJson ..
+      ',"status":"PENDING","expiresAt":' .. expiresTextJson .. ',"rows":['
+    events[#events + 1] = ']}'
+    redis.call('XADD', outboxKey, '*', 'type', 'reserved', 'events', table.concat(events))
   end
   if #idemWrites > 0 then
     redis.call('HSET', idemToday, unpack(idemWrites))
@@ -645,7 +693,10 @@ local function purchase_batch(keys, args)
     end
   end
   if #mset > 0 then redis.call('MSET', unpack(mset)) end
-  return '[' .. table.concat(answers, ',') .. ']'
+  -- the answers as one JSON array, made in one piece
+  answers[1] = '[' .. answers[1]
+  answers[n] = answers[n] .. ']'
+  return table.concat(answers, ',')
 end
 
 -- ---- confirm / release ------------------------------------------------------------

@@ -200,8 +200,8 @@ describe('purchase_batch', function()
       { time = calls.time, hgetall = calls.hgetall, decrby = calls.decrby, hincrby = calls.hincrby,
         zadd = calls.zadd, sadd = calls.sadd, pexpire = calls.pexpire, exists = calls.exists, xadd = calls.xadd,
         pexpireat = calls.pexpireat, get = calls.get, mget = calls.mget, mset = calls.mset, hmget = calls.hmget })
-    -- read once for the batch: the stock (get), the 128 users (mget), the stored
-    -- answers of today and yesterday (hmget).  Written: the 100 reservations
+    -- read once for the batch: the sale (hgetall), the stock (get), the 128
+    -- users (mget), the stored answers of today and yesterday (hmget).  Written: the 100 reservations
     -- and their buyers in one MSET; the 28 refused ones, who hold nothing, each
     -- with the time its bucket is full again (set PXAT); the 128 answers and
     -- the 100 index entries with one HSET each

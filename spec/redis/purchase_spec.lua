@@ -1,6 +1,7 @@
 -- One purchase attempt (purchase_batch with n = 1) of redis-lua/flashhost.lua
 -- against a real redis-server (database 9).  Batches: batch_spec.lua.
 local scripts = require 'spec.redis.scripts'
+local cjson = require "cjson"
 
 describe('purchase', function()
   local r, S, K
@@ -145,6 +146,43 @@ describe('purchase', function()
       assert.is_false(r.client:exists(K.sokeys))
       -- the one token left is still there for a new request
       assert.are.equal('OK', r.purchase(S, 'u2', { key = 'k2' }).code)
+    end)
+
+    it('stores an answer in its compact form and replays the same answer from it', function()
+      r.sale(S, { initial = 5, price = 12.5 })
+      local first = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', quantity = 2, perUserLimit = 3 })
+      assert.are.equal('OK', first.code)
+      local gen = r.client:hget(K.sale, 'gen')
+      -- gen, user, request hash, then OK's numbers and ids, each as its JSON text
+      assert.are.equal(table.concat({ gen, '"u1"', '"h1"', 'OK', '2', '"' .. first.reservationId .. '"',
+        '"' .. first.orderId .. '"', '3', tostring(first.expiresAt), '12.5' }, '\31'), r.idem(S, 'k1'))
+      local again = r.purchase(S, 'u1', { key = 'k1', hash = 'h1', quantity = 2, perUserLimit = 3 })
+      assert.are.same({ code = 'REPLAY', result = first }, again)
+      -- a refusal keeps its JSON after the same head
+      local limit = r.purchase(S, 'u1', { key = 'k2', hash = 'h2', quantity = 2, perUserLimit = 3 })
+      assert.are.same({ code = 'LIMIT_EXCEEDED', limit = 3, held = 2 }, limit)
+      assert.are.equal(gen .. '\31"u1"\31"h2"\31{', r.idem(S, 'k2'):sub(1, #gen + 12))
+      assert.are.same({ code = 'REPLAY', result = limit },
+        r.purchase(S, 'u1', { key = 'k2', hash = 'h2', quantity = 2, perUserLimit = 3 }))
+      r.check(S)
+    end)
+
+    it('replays a record of the JSON form (stored before the compact one), and texts that hold the separator', function()
+      r.sale(S, { initial = 5 })
+      local gen = r.client:hget(K.sale, 'gen')
+      local old = { code = 'OK', reservationId = 'r-old', orderId = 'o-old', quantity = 1, remaining = 9, expiresAt = 5 }
+      r.store_idem(S, 'k-old', cjson.encode({ userId = 'u1', requestHash = 'h1', gen = gen, result = old }))
+      assert.are.same({ code = 'REPLAY', result = old }, r.purchase(S, 'u1', { key = 'k-old', hash = 'h1' }))
+      assert.are.same({ code = 'IDEMPOTENCY_MISMATCH' }, r.purchase(S, 'u1', { key = 'k-old', hash = 'h2' }))
+      local odd = 'u\31x'
+      local first = r.purchase(S, odd, { key = 'k-odd', hash = 'h\31y' })
+      assert.are.equal('OK', first.code)
+      -- its texts are stored escaped: the record still splits into its parts
+      assert.are.equal(gen .. '\31"u\\u001fx"\31', r.idem(S, 'k-odd'):sub(1, #gen + 12))
+      assert.are.same({ code = 'REPLAY', result = first }, r.purchase(S, odd, { key = 'k-odd', hash = 'h\31y' }))
+      assert.are.same({ code = 'IDEMPOTENCY_KEY_REUSED' }, r.purchase(S, 'u', { key = 'k-odd', hash = 'h\31y' }))
+      -- no stock was taken by the replays: 5 less the one of the odd user
+      assert.are.equal(4, r.check(S).stock)
     end)
 
     it('refuses the key of another user with IDEMPOTENCY_KEY_REUSED', function()
