@@ -1,6 +1,6 @@
 -- The waiting room's functions, part of the Function library `flashhost`: the
--- loader appends this file to flashhost.lua (app/lib/stock.lua LIBRARY_FILES),
--- so the helpers defined there (context, now_ms, hash, QUEUE_IDEM_PREFIX) are
+-- loader appends this file to flashhost.lua and purchase.lua (app/lib/stock.lua
+-- LIBRARY_FILES), so the helpers defined in flashhost.lua (context, now_ms, hash, QUEUE_IDEM_PREFIX) are
 -- in scope here.  It is not a library of its own and does not load alone.
 --
 -- ---- the waiting room (queue_*) ------------------------------------------------------

@@ -10,7 +10,7 @@ local M = {}
 -- kept in files by responsibility: their texts, joined in this order, are the
 -- source loaded (the first declares the name and the helpers the rest use).
 M.LIBRARY = "flashhost"
-M.LIBRARY_FILES = { "flashhost.lua", "queue.lua" }
+M.LIBRARY_FILES = { "flashhost.lua", "purchase.lua", "queue.lua" }
 
 -- library_source(dir) -> the library's source from dir's files.  A missing or
 -- unreadable file raises: a broken deployment must not start.

@@ -1,4 +1,4 @@
--- purchase_batch of redis-lua/flashhost.lua against a real redis-server (database 9):
+-- purchase_batch of redis-lua/purchase.lua against a real redis-server (database 9):
 -- a batch answers exactly what its attempts would get one by one, in order.
 local scripts = require 'spec.redis.scripts'
 

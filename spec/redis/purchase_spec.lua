@@ -1,4 +1,4 @@
--- One purchase attempt (purchase_batch with n = 1) of redis-lua/flashhost.lua
+-- One purchase attempt (purchase_batch with n = 1) of redis-lua/purchase.lua
 -- against a real redis-server (database 9).  Batches: batch_spec.lua.
 local scripts = require 'spec.redis.scripts'
 local cjson = require "cjson"
