@@ -207,7 +207,7 @@ local function purchase_batch(keys, args)
   -- set of every other answer cost a member per purchase.
   -- text (attempt i's answer, encoded once) is both the stored record's result
   -- and the attempt's element of the call's answer; okBody, an OK's compact
-  -- form (see REC_SEP), is stored in its place.  userJson: the userId as JSON
+  -- form (see REC_SEP; false: none), is stored in its place.  userJson: the userId as JSON
   -- when the caller has it.
   local function final(i, text, soldOut, okBody, userJson)
     local a = 6 + (i - 1) * 7
@@ -321,8 +321,7 @@ local function purchase_batch(keys, args)
     local remaining = (stock >= 1 and stock < 1e14 and stock % 1 == 0) and format('%d', stock) or encode(stock)
     local okBody = idem ~= '' and 'OK' .. REC_SEP .. qt[3] .. REC_SEP .. resJson .. REC_SEP .. orderJson .. REC_SEP ..
       remaining .. REC_SEP .. expiresJson .. REC_SEP .. unitPriceJson
-    return final(i, ok_answer(qt[3], resJson, unitPricePart, orderJson, remaining, expiresJson), false, okBody or nil,
-      userJson)
+    return final(i, ok_answer(qt[3], resJson, unitPricePart, orderJson, remaining, expiresJson), false, okBody, userJson)
   end
 
   for i = 1, n do answers[i] = attempt(i) end

@@ -40,7 +40,7 @@ function M.new(opts)
   }, M)
 end
 
--- The slots queued for `key`, up to max, in arrival order (at least the
+-- The slots queued in `lane`, up to max, in arrival order (at least the
 -- caller's own, at the head).
 local function take(self, lane)
   local q = lane.queue
