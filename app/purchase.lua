@@ -16,6 +16,7 @@ local answers = require "lib.answers"
 local auth = require "lib.auth"
 local SoldOut = require "lib.soldout"
 local GroupCommit = require "lib.group_commit"
+local order_ids = require "lib.order_ids"
 local orders = require "lib.orders"
 local admin = require "lib.admin"
 local services = require "lib.services"
@@ -28,6 +29,7 @@ local app = application.new("purchase")
 local sold_out = SoldOut.new()
 local auth_cfg
 local shared
+local send_batch -- one batch's ids and call (below)
 
 app:on_validate(function(ctx)
   -- Refuse to start (or to reload) with unusable settings or a broken rules file.
@@ -45,16 +47,17 @@ app:on_start(function(ctx)
   -- registered only: the generation's ready step loads it before the first request
   stock.register(ctx.redis, services.scripts_dir())
   -- Group commit per SKU: attempts for one SKU that arrive while its call is
-  -- in flight ride together in the next purchase_batch call.  On one Redis
-  -- the function also writes each order's index; a cluster keeps the index
-  -- on other nodes, so the host writes it there (index_order below).
+  -- in flight ride together in the next purchase_batch call, their ids named
+  -- from one block (lib/order_ids), so one order index entry serves the batch.
+  -- On one Redis the function writes it; a cluster keeps the index on other
+  -- nodes, so the host writes it there (send_batch below).
   local with_index = not ctx.redis.cluster
   ctx.purchases = GroupCommit.new {
-    max = rules.purchase_batch_max or 128,
-    send = function(sku, attempts) return stock.purchase_batch(ctx.redis, sku, attempts, rules, with_index) end,
+    -- a block names at most MAX_BATCH attempts
+    max = math.min(rules.purchase_batch_max or order_ids.MAX_BATCH, order_ids.MAX_BATCH),
+    send = function(sku, attempts) return send_batch(ctx.redis, sku, attempts, with_index) end,
     on_batch = function(_, n) ctx.metrics.batch(n) end,
   }
-  ctx.index_by_host = not with_index
   -- MySQL: order lookups once the order worker wrote them, sale records, reconcile.
   ctx.db = mysql.pool { size = 2, database = services.database() }
   -- Order ids carry the NODE_ID: this node sells only while no other holds it.
@@ -96,20 +99,25 @@ app:every(node_claim.TICK_MS, "node-id-claim", function(ctx) ctx.node_claim:tick
 -- still be running when it is told to stop; the clients close when the
 -- drained generation's Lua state is collected.
 
--- The order index (order id -> "sku:reservation", lib/stock.index_key) lets
--- the order routes find a reservation from an order id.  On one Redis,
--- purchase_batch writes it with the reservation, so it exists before the
--- answer does and an immediate pay on any worker finds it.  On a cluster it
--- lives on another node than the SKU: the host writes it just before the
--- attempt joins its batch and takes it back when the answer is a refusal
--- (ordering across nodes is not guaranteed there; MySQL is the fallback).
--- An entry whose attempt failed without an answer stays: it may have bought.
-local function index_order(r, orderId, sku, resId)
-  stock.write_index(r, orderId, sku .. ":" .. resId, rules.reservation_ttl_sec)
-end
-
-local function unindex_order(r, orderId)
-  r:call("HDEL", stock.index_key(orderId), orderId)
+-- One purchase batch: its ids from a fresh block, then one purchase_batch call.
+-- The order index (a block -> its SKU, lib/stock.index_key) lets the order
+-- routes find a reservation from an order id.  On one Redis, purchase_batch
+-- writes it with the reservations, so it exists before the answers do and an
+-- immediate pay on any worker finds it.  On a cluster it lives on another
+-- node than the SKU: the host writes it as the batch goes out and takes it
+-- back when no attempt bought (ordering across nodes is not guaranteed there;
+-- MySQL is the fallback).  An entry whose batch failed without an answer
+-- stays: it may have bought.
+function send_batch(r, sku, attempts, with_index)
+  local block = core.id_block()
+  order_ids.assign(block, attempts)
+  if with_index then return stock.purchase_batch(r, sku, attempts, rules, true) end
+  core.spawn(stock.write_index, r, block, sku, rules.reservation_ttl_sec)
+  local list, kind, detail = stock.purchase_batch(r, sku, attempts, rules, false)
+  local bought = false
+  for _, a in ipairs(list or {}) do bought = bought or a.code == "OK" end
+  if list and not bought then core.spawn(r.call, r, "HDEL", stock.index_key(block), block) end
+  return list, kind, detail
 end
 
 -- Marks a SKU sold out in this worker, with the keys that must still reach
@@ -151,8 +159,8 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
     ctx.metrics.purchase("error", "node_id")
     return answers.unavailable(rules, taken)
   end
-  local ids = { reservationId = core.id(), orderId = core.id(), traceId = req.id }
-  if ctx.index_by_host then core.spawn(index_order, ctx.redis, ids.orderId, p.skuId, ids.reservationId) end
+  -- orderId and reservationId are named when the batch goes out (send_batch)
+  local ids = { traceId = req.id }
   local t_redis = core.mono()
   local a, kind, detail = ctx.purchases:submit(p.skuId, { p = p, ids = ids })
   ctx.metrics.redis("purchase", (core.mono() - t_redis) / 1000)
@@ -164,7 +172,6 @@ app:post("/api/v1/flash/purchase", function(req, ctx)
     return answers.internal()
   end
   local final = a.code == "REPLAY" and a.result or a
-  if ctx.index_by_host and a.code ~= "OK" then core.spawn(unindex_order, ctx.redis, ids.orderId) end
   sold_out:answered(p.skuId, final.code == "SOLD_OUT")
   if final.code == "OK" and a.code == "OK" then
     ctx.metrics.inventory("reserve", final.quantity)

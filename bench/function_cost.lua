@@ -12,6 +12,7 @@ package.path = "app/?.lua;" .. package.path
 local redis = require "flashhost.redis"
 local core = require "flashhost.core"
 local stock = require "lib.stock"
+local order_ids = require "lib.order_ids"
 local rules = require "rules"
 
 local batches, n = tonumber(arg[1]) or 3000, tonumber(arg[2]) or 16
@@ -41,8 +42,9 @@ local function run(count)
       user = user + 1
       local id = tostring(5000000 + user)
       attempts[i] = { p = { userId = id, skuId = sku, quantity = 1, idempotencyKey = "k-" .. id },
-        ids = { reservationId = core.id(), orderId = core.id(), traceId = "t" .. user } }
+        ids = { traceId = "t" .. user } }
     end
+    order_ids.assign(core.id_block(), attempts)
     local list, kind, detail = stock.purchase_batch(r, sku, attempts, rules, true)
     assert(list, detail or kind)
     assert(list[n].code == "OK", list[n].code)

@@ -75,6 +75,8 @@ int64_t fh_now_ms(void);        /* wall clock, epoch milliseconds */
 uint64_t fh_mono_ns(void);      /* monotonic */
 /* Snowflake: 41 bits ms since 2024-01-01, 5 bits node, 5 bits worker, 12 bits sequence. */
 uint64_t fh_id_next(void);
+#define FH_ID_BLOCK 256
+uint64_t fh_id_block(void); /* the first of FH_ID_BLOCK fresh ids; a multiple of FH_ID_BLOCK */
 
 /* ---- generations (core/gen.c) ----------------------------------------- */
 

@@ -25,6 +25,16 @@ static int l_core_id(lua_State *L) {
   return 1;
 }
 
+/* The first of a block of FH_ID_BLOCK fresh consecutive ids (a multiple of
+ * FH_ID_BLOCK), and the block's size. */
+static int l_core_id_block(lua_State *L) {
+  char buf[24];
+  snprintf(buf, sizeof buf, "%" PRIu64, fh_id_block());
+  lua_pushstring(L, buf);
+  lua_pushinteger(L, FH_ID_BLOCK);
+  return 2;
+}
+
 static int l_core_log_enabled(lua_State *L) {
   lua_pushboolean(L, fh_log_enabled((int)luaL_checkinteger(L, 1)));
   return 1;
@@ -92,7 +102,7 @@ static int l_core_info(lua_State *L) {
 
 int luaopen_flashhost_core(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"now", l_core_now}, {"mono", l_core_mono}, {"id", l_core_id},
+    {"now", l_core_now}, {"mono", l_core_mono}, {"id", l_core_id}, {"id_block", l_core_id_block},
     {"log_enabled", l_core_log_enabled}, {"log_write", l_core_log_write},
     {"spawn", l_core_spawn}, {"stopping", l_core_stopping},
     {"boot_done", l_core_boot_done}, {"mkdir", l_core_mkdir}, {"run_done", l_core_run_done},

@@ -67,12 +67,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- x as a command argument: the text Redis would make of the number, precomputed
--- where that text is surely tostring's.  Both print a non-negative integer below
--- 1e14 as its plain digits (tostring keeps 14 significant digits); anything
--- else stays a number, for Redis to format as before.
+-- x as a command argument: the text Redis would make of the number, made
+-- where that text is surely an integer's digits (a non-negative integer below
+-- 1e14) with an integer formatting, where Redis (and tostring) would format a
+-- float; anything else stays a number, for Redis to format as before.
 local function int_arg(x)
-  if x % 1 == 0 and x >= 0 and x < 1e14 then return tostring(x) end
+  if x % 1 == 0 and x >= 0 and x < 1e14 then return string.format('%d', x) end
   return x
 end
 
@@ -93,7 +93,8 @@ end
 -- one it writes), and the time today's expires (see IDEM_DAY_MS).
 local function idem_days(prefix, now)
   local day = math.floor(now / IDEM_DAY_MS)
-  return prefix .. 'idems:' .. day, prefix .. 'idems:' .. (day - 1), (day + 2) * IDEM_DAY_MS
+  local format = string.format
+  return prefix .. 'idems:' .. format('%d', day), prefix .. 'idems:' .. format('%d', day - 1), (day + 2) * IDEM_DAY_MS
 end
 
 -- Whether an answer is stored under idempotency key `idem` of the SKU.
@@ -132,13 +133,25 @@ local function save_finished(k, r)
   redis.call('SET', k, cjson.encode(r), 'PX', RES_KEEP_MS)
 end
 
--- The order index: order id -> '<skuId>:<reservationId>', so the order routes
--- find a reservation from an order id.  The ids of a few minutes share one
--- hash (ids are time-ordered snowflakes: all digits but the last 12, some 4
--- minutes of ids), written by a batch with one HSET: no key, expiry and write
--- per purchase.  The host names the same hash: app/lib/stock.lua index_key.
+-- The order index, so the order routes find a reservation from an order id:
+-- a purchase batch's block -> its SKU (below), and from before blocks, order
+-- id -> '<skuId>:<reservationId>'.  The ids of a few minutes share one hash
+-- (ids are time-ordered snowflakes: all digits but the last 12, some 4
+-- minutes of ids; a block's ids differ in their last 9 only).  The host names
+-- the same hash: app/lib/stock.lua index_key.
 local function index_key(orderId)
   return 'orderidx:' .. string.sub(orderId, 1, -13)
+end
+
+-- A purchase batch's ids are one block (app/lib/order_ids.lua): its first
+-- id is a multiple of 256, attempt i's orderId that + i - 1 (at most 128
+-- attempts) and its reservationId that + 128.  The batch writes one index
+-- entry, field = the block's first id, value = the SKU; the host finds an
+-- order's reservation from its id.  An id mod 256 is its last 9 digits mod
+-- 256 (1e9 is a multiple of 256): a number Lua holds exactly.
+local BLOCK_ATTEMPTS = 128
+local function is_block_start(id)
+  return string.find(id, '^%d+$') ~= nil and tonumber(string.sub(id, -9)) % 256 == 0
 end
 
 -- An index hash lives at least px ms past its last write, and never less

@@ -26,6 +26,13 @@ local function ok_answer(qtyJson, resJson, unitPricePart, orderJson, remaining, 
     ',"orderId":' .. orderJson .. ',"remaining":' .. remaining .. ',"expiresAt":' .. expiresJson .. '}'
 end
 
+-- The JSON text of the OK answer an OK's compact form ('OK <quantity> ...') stands for.
+local function ok_from_body(body)
+  local q, resJson, orderJson, remaining, expires, price =
+    string.match(body, '^OK\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+  return ok_answer(q, resJson, price == '' and '' or ',"unitPrice":' .. price, orderJson, remaining, expires)
+end
+
 -- stored_record(text) -> { gen, userJson, hashJson (the userId and the
 -- requestHash as JSON), result (the answer's JSON) } | nil
 local function stored_record(text)
@@ -36,27 +43,29 @@ local function stored_record(text)
   end
   local gen, userJson, hashJson, answer = string.match(text, '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
   if not gen then return nil end -- not a record: as if none were stored
-  if string.sub(answer, 1, 3) == 'OK' .. REC_SEP then
-    local q, resJson, orderJson, remaining, expires, price =
-      string.match(answer, '^OK\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
-    answer = ok_answer(q, resJson, price == '' and '' or ',"unitPrice":' .. price, orderJson, remaining, expires)
-  end
+  if string.sub(answer, 1, 3) == 'OK' .. REC_SEP then answer = ok_from_body(answer) end
   return { gen = gen, userJson = userJson, hashJson = hashJson, result = answer }
 end
 
 -- ---- purchase_batch ------------------------------------------------------------------
 
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 sokeys, then per attempt
---       u:<userId>, res:<reservationId>; then, when ARGV[6] is '1', per attempt the
---       order index hash of its orderId (index_key)
--- (The stored answers' hashes, idems:<day>, are named from Redis's clock here:
--- the SKU's slot, as the declared keys.)
+--       u:<userId>, res:<reservationId>
+-- (The stored answers' hashes, idems:<day>, are named from Redis's clock here,
+-- and the order index hash from the ids: the SKU's slot, as the declared keys,
+-- or on one Redis, where only the index is written here.)
 -- ARGV: 1 n, 2 perUserLimit, 3 ttlSec, 4 rlCapacity, 5 rlRate, 6 index ('1' | '0'),
 --       then per attempt: userId, quantity, idempotencyKey, requestHash, reservationId,
 --       orderId, traceId
--- Answer: a JSON array, element i the answer of attempt i: exactly what the
--- attempts would get one by one, in order, with the per-SKU reads and writes
--- done once for the batch.
+-- index '1': the ids are those of one block (app/lib/order_ids.lua: attempt i's
+-- orderId is the block's first id + i - 1, its reservationId that + 128), and
+-- the call writes the block's one order index entry, block -> SKU.
+-- Answer: a JSON array: first what the OK answers share, {expiresAt,
+-- unitPrice} ({} when none is OK), then element i + 1 the answer of attempt i:
+-- exactly what the attempts would get one by one, in order, with the per-SKU
+-- reads and writes done once for the batch.  An OK is its `remaining` alone
+-- (a JSON number): the caller has its quantity and ids, and the OK answer is
+-- those with the shared fields; every other answer is its JSON object.
 local function purchase_batch(keys, args)
   -- what runs per attempt, read from the globals once per call (each global
   -- read goes through the function's environment)
@@ -65,7 +74,7 @@ local function purchase_batch(keys, args)
   local n = c.int(args[1], 'n (ARGV[1])', 1)
   if args[6] ~= '1' and args[6] ~= '0' then c.fail("index (ARGV[6]) must be '1' or '0'") end
   local index = args[6] == '1'
-  local nkeys = 6 + (index and 3 or 2) * n
+  local nkeys = 6 + 2 * n
   if #keys ~= nkeys then c.fail(nkeys .. ' keys expected for ' .. n .. ' attempts, got ' .. #keys) end
   if #args ~= 6 + 7 * n then c.fail((6 + 7 * n) .. ' arguments expected for ' .. n .. ' attempts, got ' .. #args) end
   local saleKey, stockKey, countsKey = c.key(1, 'sale'), c.key(2, 'stock'), c.key(3, 'counts')
@@ -96,10 +105,6 @@ local function purchase_batch(keys, args)
     local orderId = c.text(a + 6, 'orderId')
     if keys[k + 1] ~= prefix .. 'u:' .. userId then c.key(k + 1, 'u:' .. userId) end
     if keys[k + 2] ~= prefix .. 'res:' .. resId then c.key(k + 2, 'res:' .. resId) end
-    if index then
-      local ik = 6 + 2 * n + i
-      if keys[ik] ~= index_key(orderId) then c.fail('KEYS[' .. ik .. '] must be ' .. index_key(orderId)) end
-    end
     if seen[resId] then c.fail('reservationId ' .. resId .. ' appears twice') end
     if find(resId, PENDING_SEP, 1, true) then c.fail('reservationId ' .. resId .. ' has a space') end
     seen[resId] = true
@@ -108,6 +113,12 @@ local function purchase_batch(keys, args)
     if idem ~= '' and not idemSeen[idem] then idemSeen[idem] = true; idemList[#idemList + 1] = idem end
     local uk = keys[k + 1]
     if not userSeen[uk] then userSeen[uk] = true; userKeys[#userKeys + 1] = uk end
+  end
+  -- the block's first id: the first order's (its check is the caller's promise's
+  -- cheap part: the index entry names the block from it)
+  local block = index and args[6 + 6]
+  if block and (n > BLOCK_ATTEMPTS or not is_block_start(block)) then
+    c.fail('index 1 needs at most ' .. BLOCK_ATTEMPTS .. ' attempts and the first orderId a block start, got ' .. block)
   end
   if redis.call('EXISTS', unpack(resKeys)) > 0 then
     for i = 1, n do
@@ -131,9 +142,9 @@ local function purchase_batch(keys, args)
   -- The same texts for every attempt of the batch, formatted once: each
   -- tostring of a number, each number argument of redis.call and each number
   -- cjson.encode writes is a float formatting.
-  local nowText, expiresText = tostring(now), tostring(expiresAt)
+  local intTexts = {}              -- int_text's memo
+  local nowText, expiresText = int_text(now, intTexts), int_text(expiresAt, intTexts)
   local expiresArg = int_arg(expiresAt)
-  local indexPx = int_arg(math.floor((ttlSec + INDEX_KEEP_SEC) * 1000))
   local idemToday, idemYesterday, idemExpireAt = idem_days(prefix, now)
   local unitPrice = tonumber(price)
   -- JSON pieces of the stored records and events (strings: cjson.encode never raises)
@@ -143,10 +154,9 @@ local function purchase_batch(keys, args)
   -- the answer was encoded whole before, as a number cjson cannot write raises.
   local unitPriceJson, unitPricePart, expiresJson
   local qtyTexts = {}              -- quantity -> { tostring, as JSON string, as JSON number }
-  local intTexts = {}              -- int_text's memo
   -- A bucket refilled in this call is full again at the same time for every user.
   local fullAt = rlCap > 0 and now + math.ceil(rlCap * 1000 / rlRate)
-  local fullAtText, fullAtArg = fullAt and tostring(fullAt), fullAt and int_arg(fullAt)
+  local fullAtText, fullAtArg = fullAt and int_text(fullAt, intTexts), fullAt and int_arg(fullAt)
 
   -- What the attempts read and change, kept here across the batch: a later
   -- attempt sees what an earlier one did, as it would one call later.
@@ -158,8 +168,8 @@ local function purchase_batch(keys, args)
   -- events: the reserved message's rows, after its head (events[1], made last)
   local taken, made, soKeys, events = 0, {}, {}, { false }
   local idemWrites = {}            -- HSET arguments of the answers stored by this call
-  local indexWrites = {}           -- index hash -> its HSET arguments
-  local answers = {}               -- i -> attempt i's answer (JSON text)
+  local answers = {}               -- i -> attempt i's element of the call's answer (JSON text)
+  local okBodies = {}              -- i -> the compact form of attempt i's OK, when stored
   local mset = {}                  -- MSET arguments: the new reservations, then the users who hold tickets
 
   -- Every stored answer the batch may replay, in one read per day's hash.
@@ -217,6 +227,7 @@ local function purchase_batch(keys, args)
       idemWrites[#idemWrites + 1] = gen .. REC_SEP .. (userJson or encode(args[a + 1])) .. REC_SEP ..
         encode(args[a + 4]) .. REC_SEP .. (okBody or text)
       stored[idem] = i
+      if okBody then okBodies[i] = okBody end
       if soldOut then soKeys[#soKeys + 1] = idem end
     end
     return text
@@ -234,7 +245,7 @@ local function purchase_batch(keys, args)
         local b = 6 + (j - 1) * 7
         if args[b + 1] ~= userId then return '{"code":"IDEMPOTENCY_KEY_REUSED"}' end
         if args[b + 4] ~= args[a + 4] then return '{"code":"IDEMPOTENCY_MISMATCH"}' end
-        return '{"result":' .. answers[j] .. ',"code":"REPLAY"}'
+        return '{"result":' .. (okBodies[j] and ok_from_body(okBodies[j]) or answers[j]) .. ',"code":"REPLAY"}'
       end
       local rec = idems[idem]
       if type(rec) == 'string' then rec = stored_record(rec); idems[idem] = rec end
@@ -304,13 +315,6 @@ local function purchase_batch(keys, args)
     events[#events + 1] = (#events > 1 and ',[' or '[') .. resJson .. ',' .. orderJson .. ',' .. userJson .. ',' ..
       qt[2] .. ',' .. traceJson .. ']'
     made[#made + 1] = resId
-    if index then
-      local ik = keys[6 + 2 * n + i]
-      local w = indexWrites[ik]
-      if not w then w = {}; indexWrites[ik] = w; indexWrites[#indexWrites + 1] = ik end
-      w[#w + 1] = orderId
-      w[#w + 1] = c.sku .. ':' .. resId
-    end
     if not expiresJson then
       unitPriceJson = unitPrice == nil and '' or cjson.encode(unitPrice)
       unitPricePart = unitPrice == nil and '' or ',"unitPrice":' .. unitPriceJson
@@ -321,15 +325,16 @@ local function purchase_batch(keys, args)
     local remaining = (stock >= 1 and stock < 1e14 and stock % 1 == 0) and format('%d', stock) or encode(stock)
     local okBody = idem ~= '' and 'OK' .. REC_SEP .. qt[3] .. REC_SEP .. resJson .. REC_SEP .. orderJson .. REC_SEP ..
       remaining .. REC_SEP .. expiresJson .. REC_SEP .. unitPriceJson
-    return final(i, ok_answer(qt[3], resJson, unitPricePart, orderJson, remaining, expiresJson), false, okBody, userJson)
+    return final(i, remaining, false, okBody, userJson)
   end
 
   for i = 1, n do answers[i] = attempt(i) end
 
   if taken > 0 then
-    redis.call('DECRBY', stockKey, taken)
-    redis.call('HINCRBY', countsKey, 'reserved', taken)
-    redis.call('HINCRBY', countsKey, 'pending', #made)
+    local takenArg = int_arg(taken)
+    redis.call('DECRBY', stockKey, takenArg)
+    redis.call('HINCRBY', countsKey, 'reserved', takenArg)
+    redis.call('HINCRBY', countsKey, 'pending', int_arg(#made))
     redis.call('ZADD', pendingKey, expiresArg, table.concat(made, PENDING_SEP))
     -- One outbox entry for the call's reservations, which the relay sends as
     -- one Kafka message: its `events` field is a JSON object of what the
@@ -354,9 +359,10 @@ local function purchase_batch(keys, args)
     redis.call('SADD', soKeysKey, unpack(soKeys))
     redis.call('PEXPIREAT', soKeysKey, int_arg(idemExpireAt))
   end
-  for _, ik in ipairs(indexWrites) do
-    redis.call('HSET', ik, unpack(indexWrites[ik]))
-    keep_index(ik, indexPx)
+  if block and #made > 0 then
+    local ik = index_key(block)
+    redis.call('HSET', ik, block, c.sku)
+    keep_index(ik, int_arg(math.floor((ttlSec + INDEX_KEEP_SEC) * 1000)))
   end
   -- The users changed: those who hold tickets join the reservations in the
   -- one MSET (which also drops any TTL: held tickets must never expire); one
@@ -382,8 +388,9 @@ local function purchase_batch(keys, args)
     end
   end
   if #mset > 0 then redis.call('MSET', unpack(mset)) end
-  -- the answers as one JSON array, made in one piece
-  answers[1] = '[' .. answers[1]
+  -- the answers as one JSON array, made in one piece, after what the OKs share
+  local shared = expiresJson and '[{"expiresAt":' .. expiresJson .. unitPricePart .. '},' or '[{},'
+  answers[1] = shared .. answers[1]
   answers[n] = answers[n] .. ']'
   return table.concat(answers, ',')
 end

@@ -3,6 +3,7 @@
 -- kind is "unavailable" (Redis could not be asked: a 503) or "error" (Redis
 -- said no: a bug or a misconfiguration, a 500).
 local cjson = require "cjson.safe"
+local order_ids = require "lib.order_ids"
 
 local M = {}
 
@@ -62,13 +63,38 @@ function M.fingerprint(p)
   return p.userId .. "|" .. p.skuId .. "|" .. p.quantity
 end
 
+-- batch_answers(list, attempts) -> { answer, ... } | nil, err: the answers of
+-- a purchase_batch call from its decoded answer, whose first element is what
+-- its OKs share ({expiresAt, unitPrice}) and whose element i + 1 is attempt
+-- i's answer: an object, or for an OK its `remaining` alone, which with the
+-- attempt's own quantity and ids makes the OK answer (redis-lua/README.md).
+function M.batch_answers(list, attempts)
+  local n = #attempts
+  if #list ~= n + 1 or type(list[1]) ~= "table" then
+    return nil, "purchase_batch answered " .. (#list - 1) .. " of " .. n .. " attempts"
+  end
+  local shared, out = list[1], {}
+  for i = 1, n do
+    local a = list[i + 1]
+    if type(a) == "number" then
+      local ids = attempts[i].ids
+      a = { code = "OK", quantity = attempts[i].p.quantity, reservationId = ids.reservationId, orderId = ids.orderId,
+        remaining = a, expiresAt = shared.expiresAt, unitPrice = shared.unitPrice }
+    elseif type(a) ~= "table" then
+      return nil, "unreadable answer of attempt " .. i
+    end
+    out[i] = a
+  end
+  return out
+end
+
 -- purchase_batch(redis, sku, attempts, rules, with_index) -> { answer, ... }
 -- (attempt i's decoded answer at i) | nil, kind, detail.  attempts[i] =
 -- { p = <validated purchase of this sku>, ids = { reservationId, orderId,
 -- traceId } }.  One FCALL: the answers are those the attempts would get one by
--- one, in this order.  with_index: the function also writes the order index
--- (order:<orderId>) of each reservation it makes; single-node Redis only (on a
--- cluster those keys are in other slots).
+-- one, in this order.  with_index: the ids are one block's (lib/order_ids
+-- assign) and the function also writes the block's order index entry;
+-- single-node Redis only (on a cluster the index hash is in another slot).
 function M.purchase_batch(redis, sku, attempts, rules, with_index)
   local k = prefix(sku)
   local rl = rules.rate_limit or {}
@@ -86,13 +112,11 @@ function M.purchase_batch(redis, sku, attempts, rules, with_index)
     args[na + 5], args[na + 6], args[na + 7] = ids.reservationId, ids.orderId, ids.traceId or ""
     na = na + 7
   end
-  if with_index then
-    for i = 1, n do keys[nk + i] = M.index_key(attempts[i].ids.orderId) end
-  end
   local list, kind, detail = decode(redis:fcall("purchase_batch", keys, args))
   if not list then return nil, kind, detail end
-  if #list ~= n then return nil, "error", "purchase_batch answered " .. #list .. " of " .. n .. " attempts" end
-  return list
+  local out, err = M.batch_answers(list, attempts)
+  if not out then return nil, "error", err end
+  return out
 end
 
 -- The stored purchase answers of a SKU are kept in one hash per day of
@@ -198,21 +222,32 @@ end
 -- Every SKU that ever had a sale: the cleanup job and the admin page walk it.
 M.SKU_SET = "flash:skus"
 
--- The order index: the hash that maps orderId -> "skuId:reservationId", so
--- the order routes can find a reservation.  One hash holds the ids of some
--- four minutes (all digits but the last 12 of a snowflake): the library's
--- index_key, which purchase_batch checks this against.
+-- The order index, so the order routes can find a reservation: a hash whose
+-- fields are the first ids of purchase batches' blocks (lib/order_ids), each
+-- valued with its SKU, and, from before blocks, order ids valued
+-- "skuId:reservationId".  One hash holds the ids of some four minutes (all
+-- digits but the last 12 of a snowflake; a block's ids differ in their last
+-- 9 only): the library's index_key.
 function M.index_key(orderId) return "orderidx:" .. orderId:sub(1, -13) end
 
--- The index entry of one order, written by the host (on a cluster, where
--- purchase_batch cannot): it lives ttl_sec plus a day.
-function M.write_index(redis, orderId, ref, ttl_sec)
-  return redis:fcall("order_index", { M.index_key(orderId) }, { orderId, ref, (math.floor(ttl_sec) + 86400) * 1000 })
+-- The index entry of one batch's block (its first id -> the SKU), written by
+-- the host (on a cluster, where purchase_batch cannot): it lives ttl_sec
+-- plus a day.
+function M.write_index(redis, block, sku, ttl_sec)
+  return redis:fcall("order_index", { M.index_key(block) }, { block, sku, (math.floor(ttl_sec) + 86400) * 1000 })
 end
 
--- The index entry of an order: "skuId:reservationId" | nil | nil, err
+-- The index entry of an order: "skuId:reservationId" | the client's null (no
+-- entry) | nil, err.  One HMGET reads the order's own field (an order of
+-- before blocks) and its block's; a block's entry names the SKU, and the
+-- reservation is the order id's by construction.
 function M.read_index(redis, orderId)
-  return redis:call("HGET", M.index_key(orderId), orderId)
+  local block, resId = order_ids.locate(orderId)
+  local v, err = redis:call("HMGET", M.index_key(orderId), orderId, block or orderId)
+  if type(v) ~= "table" then return nil, err end
+  if type(v[1]) == "string" then return v[1] end
+  if block and type(v[2]) == "string" then return v[2] .. ":" .. resId end
+  return v[1]
 end
 
 return M

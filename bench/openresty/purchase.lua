@@ -10,6 +10,8 @@ local cjson = require "cjson.safe"
 local redis = require "nginx.redis" -- Debian's lua-nginx-redis: lua-resty-redis under this name
 local validate = require "lib.validate"
 local answers = require "lib.answers"
+local stock = require "lib.stock"
+local order_ids = require "lib.order_ids"
 local rules = require "rules"
 
 -- strict JSON like the app's bodies: no hex, Infinity or NaN
@@ -32,36 +34,41 @@ local function reply(status, body, headers)
   return ngx.exit(status)
 end
 
--- Ids unique per request across workers without coordination, like the
--- app's: milliseconds, worker, then a sequence that borrows the next
--- millisecond when it runs out.  18 digits, so a positive 64-bit id.
+-- The first id of a block of 256 (lib/order_ids), unique per request across
+-- workers without coordination, like the app's: ((milliseconds since 2024 *
+-- 8 + worker) * 16 + a sequence that borrows the next millisecond when it
+-- runs out) * 256.  Below 2^53 for some eight years: exact in a Lua number.
+local EPOCH_MS = 1704067200000
 local last_ms, seq = 0, 0
-local function next_id()
-  local ms = math.floor(ngx.now() * 1000)
+local function next_block()
+  local ms = math.floor(ngx.now() * 1000) - EPOCH_MS
   if ms <= last_ms then
     ms, seq = last_ms, seq + 1
-    if seq == 10000 then ms, seq = ms + 1, 0 end
+    if seq == 16 then ms, seq = ms + 1, 0 end
   else
     seq = 0
   end
   last_ms = ms
-  return ("%d%d%04d"):format(ms, ngx.worker.id() % 10, seq)
+  return ("%d"):format(((ms * 8 + ngx.worker.id() % 8) * 16 + seq) * 256)
 end
 
--- One attempt as a batch of one; returns the raw answer of attempt 1.
+-- One attempt as a batch of one, the order index written by the function;
+-- returns the answer of attempt 1.
 local function fcall(red, p, ids)
   local k = "{sku:" .. p.skuId .. "}:"
   local rl = rules.rate_limit
-  -- the order index hash of the id, named as app/lib/stock.index_key names it
-  local res, err = red:fcall("purchase_batch", 9,
+  local res, err = red:fcall("purchase_batch", 8,
     k .. "sale", k .. "stock", k .. "counts", k .. "pending", k .. "outbox", k .. "sokeys",
-    k .. "u:" .. p.userId, k .. "res:" .. ids.reservationId, "orderidx:" .. ids.orderId:sub(1, -13),
+    k .. "u:" .. p.userId, k .. "res:" .. ids.reservationId,
     1, rules.per_user_limit, rules.reservation_ttl_sec, rl.capacity, rl.refill_per_sec, "1",
     p.userId, p.quantity, p.idempotencyKey or "", p.userId .. "|" .. p.skuId .. "|" .. p.quantity,
     ids.reservationId, ids.orderId, ids.traceId)
   if not res then return res, err end
   local list = cjson.decode(res)
-  return type(list) == "table" and list[1] or nil, "unreadable answer"
+  if type(list) ~= "table" then return false, "unreadable answer" end
+  local out, aerr = stock.batch_answers(list, { { p = p, ids = ids } })
+  if not out then return false, aerr end
+  return out[1]
 end
 
 function M.handle()
@@ -84,7 +91,8 @@ function M.handle()
   red:set_timeout(1000)
   local ok, cerr = red:connect(cfg.redis_host, cfg.redis_port)
   if not ok then return reply(answers.unavailable(rules, cerr)) end
-  local ids = { reservationId = next_id(), orderId = next_id(), traceId = ngx.var.request_id }
+  local ids = { traceId = ngx.var.request_id }
+  ids.orderId, ids.reservationId = order_ids.of_block(next_block(), 1)
   local a, err = fcall(red, p, ids)
   if a == nil then
     red:close() -- a network error leaves the connection in an unknown state

@@ -3,6 +3,7 @@
 -- purchase_batch writes them and in the hash form of older versions.
 local helpers = require "spec.helpers"
 local stock = require "lib.stock"
+local order_ids = require "lib.order_ids"
 local store = require "lib.order_store"
 
 describe("order store", function()
@@ -12,34 +13,52 @@ describe("order store", function()
 
   local rules = { per_user_limit = 0, reservation_ttl_sec = 300, rate_limit = { capacity = 0, refill_per_sec = 1 } }
 
-  local function buy(sku, user, orderId, resId)
+  -- users buy in one batch, its ids named from block `block` (a multiple of 256)
+  local function buy(sku, users, block)
     assert(stock.create_sale(r, { skuId = sku, name = "s", price = 10, stock = 5 }, "t"))
-    local list = assert(stock.purchase_batch(r, sku, {
-      { p = { userId = user, skuId = sku, quantity = 2, idempotencyKey = "k-" .. user },
-        ids = { reservationId = resId, orderId = orderId, traceId = "tr" } } }, rules, true))
-    assert.are.equal("OK", list[1].code)
-    return list[1]
+    local attempts = {}
+    for i, user in ipairs(users) do
+      attempts[i] = { p = { userId = user, skuId = sku, quantity = 2, idempotencyKey = "k-" .. user },
+        ids = { traceId = "tr" } }
+    end
+    order_ids.assign(block, attempts)
+    return assert(stock.purchase_batch(r, sku, attempts, rules, true))
   end
 
-  it("finds an order through the index the batch wrote, and reads its reservation", function()
-    buy("31", "u1", "457000000000000001", "457000000000000002")
-    local loc = assert(store.locate(r, nil, "457000000000000001"))
-    assert.are.same({ sku = "31", reservationId = "457000000000000002" }, loc)
+  it("finds each order of a batch through the block's one index entry, and reads its reservation", function()
+    local list = buy("31", { "u1", "u2", "u3" }, "457000000000000256")
+    assert.are.same({ "OK", "OK", "SOLD_OUT" }, { list[1].code, list[2].code, list[3].code })
+    assert.are.same({ "457000000000000256", "31" }, r:call("HGETALL", stock.index_key("457000000000000256")))
+    local loc = assert(store.locate(r, nil, "457000000000000257"))
+    assert.are.same({ sku = "31", reservationId = "457000000000000385" }, loc)
+    assert.are.equal(list[2].reservationId, loc.reservationId)
     local h = assert(store.reservation(r, loc.sku, loc.reservationId))
-    assert.are.same({ "u1", "457000000000000001", "2", "10", "PENDING", "tr" },
+    assert.are.same({ "u2", "457000000000000257", "2", "10", "PENDING", "tr" },
       { h.userId, h.orderId, h.quantity, h.unitPrice, h.status, h.traceId })
+    -- the refused third names a reservation that does not exist
+    loc = assert(store.locate(r, nil, "457000000000000258"))
+    assert.is_nil(store.reservation(r, loc.sku, loc.reservationId))
   end)
 
   it("answers missing, or unavailable without a database, for an order nobody indexed", function()
     local loc, why = store.locate(r, nil, "457000000000000009")
     assert.is_nil(loc)
     assert.are.equal("missing", why)
+    -- a reservation id of a block is no order id
+    loc, why = store.locate(r, nil, "457000000000000385")
+    assert.is_nil(loc)
+    assert.are.equal("missing", why)
     assert.is_nil(store.reservation(r, "31", "nope"))
   end)
 
-  it("finds an entry the host wrote through order_index (a cluster's path)", function()
-    assert.are.equal(1, stock.write_index(r, "457000000000000003", "32:9", 300))
-    assert.are.same({ sku = "32", reservationId = "9" }, (store.locate(r, nil, "457000000000000003")))
+  it("finds a block's entry the host wrote through order_index (a cluster's path)", function()
+    assert.are.equal(1, stock.write_index(r, "457000000000000512", "32", 300))
+    assert.are.same({ sku = "32", reservationId = "457000000000000649" }, (store.locate(r, nil, "457000000000000521")))
+  end)
+
+  it("finds an order indexed one by one, as before blocks", function()
+    assert.are.equal(1, r:call("HSET", stock.index_key("457000000000000003"), "457000000000000003", "33:9"))
+    assert.are.same({ sku = "33", reservationId = "9" }, (store.locate(r, nil, "457000000000000003")))
   end)
 
   it("reads a reservation of the older hash form, and refuses a value that is no reservation", function()

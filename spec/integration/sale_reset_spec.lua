@@ -6,6 +6,7 @@
 local helpers = require "spec.helpers"
 local core = require "flashhost.core"
 local stock = require "lib.stock"
+local order_ids = require "lib.order_ids"
 
 describe("sale reset in steps", function()
   local r
@@ -23,8 +24,9 @@ describe("sale reset in steps", function()
       for i = 1, 100 do
         user = user + 1
         attempts[i] = { p = { userId = tostring(user), skuId = SKU, quantity = 1 },
-          ids = { reservationId = core.id(), orderId = core.id(), traceId = "buy" } }
+          ids = { traceId = "buy" } }
       end
+      order_ids.assign(core.id_block(), attempts)
       for _, a in ipairs(assert(stock.purchase_batch(r, SKU, attempts, rules, true))) do
         assert.are.equal("OK", a.code)
       end

@@ -1,6 +1,7 @@
 -- purchase_batch of redis-lua/purchase.lua against a real redis-server (database 9):
 -- a batch answers exactly what its attempts would get one by one, in order.
 local scripts = require 'spec.redis.scripts'
+local order_ids = require 'lib.order_ids'
 
 local info = require('redis').command('INFO')
 local config = require('redis').command('CONFIG')
@@ -186,7 +187,7 @@ describe('purchase_batch', function()
   it('takes 128 attempts in one call, doing the per-SKU work once', function()
     r.sale('all', { initial = 100 })
     local attempts = {}
-    for i = 1, 128 do attempts[i] = { user = 'u' .. i, key = 'k' .. i, resId = 'r' .. i, orderId = 'o' .. i } end
+    for i = 1, 128 do attempts[i] = { user = 'u' .. i, key = 'k' .. i } end
     config(r.client, 'RESETSTAT')
     local a = r.batch('all', attempts, { index = true, ttlSec = 60 })
     local stats = info(r.client, 'commandstats')
@@ -203,8 +204,8 @@ describe('purchase_batch', function()
     -- read once for the batch: the sale (hgetall), the stock (get), the 128
     -- users (mget), the stored answers of today and yesterday (hmget).  Written: the 100 reservations
     -- and their buyers in one MSET; the 28 refused ones, who hold nothing, each
-    -- with the time its bucket is full again (set PXAT); the 128 answers and
-    -- the 100 index entries with one HSET each
+    -- with the time its bucket is full again (set PXAT); the 128 answers with
+    -- one HSET, and the block's one order index entry with another
     assert.are.equal(28, calls.set)
     assert.are.equal(2, calls.hset)
     -- the 100 reservations' events travel in the call's one outbox entry
@@ -212,17 +213,24 @@ describe('purchase_batch', function()
     assert.are.equal(100, #r.events('all'))
 
     assert.are.equal(128, #a)
+    -- the ids are one block's: its first id leads to the SKU, for the TTL and a day
+    local block = attempts[1].orderId
+    local ik = scripts.index_key(block)
+    assert.are.same({ [block] = 'all' }, r.client:hgetall(ik))
+    local ttl = r.client:ttl(ik)
+    assert.is_true(ttl > 86400 + 55 and ttl <= 86400 + 60)
     for i = 1, 100 do
       assert.are.equal('OK', a[i].code)
       assert.are.equal(100 - i, a[i].remaining)
-      -- the order index of each reservation, for its TTL and a day
-      assert.are.equal('all:r' .. i, r.client:hget(scripts.index_key('o' .. i), 'o' .. i))
-      local ttl = r.client:ttl(scripts.index_key('o' .. i))
-      assert.is_true(ttl > 86400 + 55 and ttl <= 86400 + 60)
+      -- each order leads to its reservation by construction
+      local b, resId = order_ids.locate(a[i].orderId)
+      assert.are.equal(block, b)
+      assert.are.equal(a[i].reservationId, resId)
+      assert.are.equal(a[i].orderId, r.res('all', resId).orderId)
     end
     for i = 101, 128 do
       assert.are.same({ code = 'SOLD_OUT', remaining = 0 }, a[i])
-      assert.is_false(r.client:hexists(scripts.index_key('o' .. i), 'o' .. i))
+      assert.is_false(r.client:exists(scripts.keys('all').res(attempts[i].resId)))
     end
     local s = r.check('all')
     assert.are.equal(0, s.stock)
@@ -279,11 +287,19 @@ describe('purchase_batch', function()
         r.fcall('purchase_batch', keys, argv)
       end, 'KEYS%[11%]')
       r.client:flushdb()
+      -- with the index, the first order must be a block's first id
       unchanged(function()
         local keys, argv = r.batch_args('all', good(3), { index = true })
-        keys[#keys] = 'orderidx:other'
+        argv[6 + 6] = '457000000000000001'
         r.fcall('purchase_batch', keys, argv)
-      end, 'must be orderidx:')
+      end, 'block start')
+      r.client:flushdb()
+      unchanged(function()
+        local list = good(3)
+        list[1].orderId = 'o1'
+        local keys, argv = r.batch_args('all', list, { index = true })
+        r.fcall('purchase_batch', keys, argv)
+      end, 'block start')
       r.client:flushdb()
       unchanged(function()
         local keys, argv = r.batch_args('all', good(3))
@@ -333,24 +349,26 @@ describe('purchase_batch', function()
     it('never shortens the life of a hash that sales of longer TTLs share', function()
       r.sale('all', { initial = 10, ttlSec = 3600 })
       r.sale('short', { initial = 10, ttlSec = 60 })
-      assert.are.equal('OK', r.batch('all', { { user = 'u1', orderId = 'o1' } }, { index = true })[1].code)
-      assert.are.equal('OK', r.batch('short', { { user = 'u1', orderId = 'o2' } }, { index = true })[1].code)
-      local k = scripts.index_key('o1')
-      assert.are.equal(k, scripts.index_key('o2'))
+      local a1 = r.batch('all', { { user = 'u1' } }, { index = true })[1]
+      local a2 = r.batch('short', { { user = 'u1' } }, { index = true })[1]
+      assert.are.equal('OK', a1.code)
+      assert.are.equal('OK', a2.code)
+      local k = scripts.index_key(a1.orderId)
+      assert.are.equal(k, scripts.index_key(a2.orderId))
       assert.is_true(r.client:ttl(k) > 86400 + 3500)
-      -- each entry leads to its own SKU's reservation
-      local sku, resId = r.client:hget(k, 'o2'):match('^(.-):(.*)$')
-      assert.are.equal('short', sku)
-      assert.are.equal('o2', r.res('short', resId).orderId)
+      -- each block's entry leads to its own SKU, and the order to its reservation
+      local block, resId = order_ids.locate(a2.orderId)
+      assert.are.equal('short', r.client:hget(k, block))
+      assert.are.equal(a2.orderId, r.res('short', resId).orderId)
     end)
 
     it('is written by order_index where the host writes it (a cluster), with the same care', function()
-      local id = '457000000000123456'
+      local id = '457000000000123392' -- a block's first id
       local k = scripts.index_key(id)
       assert.are.equal('orderidx:457000', k)
-      assert.are.equal(1, r.fcall('order_index', { k }, { id, '7:r1', 120000000 }))
-      assert.are.equal(1, r.fcall('order_index', { k }, { '457000000000123457', '7:r2', 1000 }))
-      assert.are.equal('7:r1', r.client:hget(k, id))
+      assert.are.equal(1, r.fcall('order_index', { k }, { id, '7', 120000000 }))
+      assert.are.equal(1, r.fcall('order_index', { k }, { '457000000000123648', '8', 1000 }))
+      assert.are.equal('7', r.client:hget(k, id))
       assert.is_true(r.client:pttl(k) > 119000000)
       assert.has_error(function() r.fcall('order_index', { 'orderidx:1' }, { id, '7:r1', 1000 }) end)
       assert.has_error(function() r.fcall('order_index', { k }, { id, '', 1000 }) end)

@@ -68,6 +68,7 @@ describe('purchase', function()
       local f = assert(io.open(child, 'w'))
       f:write([[
         local w = ...
+        package.path = './?.lua;./app/?.lua;' .. package.path
         local api = require('spec.redis.scripts').setup({ flush = false })
         local ok = 0
         for i = 1, 25 do

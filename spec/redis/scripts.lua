@@ -6,6 +6,8 @@ local redis = require 'redis'
 local helpers = require 'spec.helpers'
 local assert = require 'luassert'
 local order_events = require 'app.lib.order_events'
+local stock = require 'lib.stock'
+local order_ids = require 'lib.order_ids'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$') or ''
 local xrange = redis.command('XRANGE')
@@ -22,7 +24,10 @@ function M.source()
 end
 
 -- The order index hash of an order id, named as the app names it.
-function M.index_key(orderId) return require('app.lib.stock').index_key(orderId) end
+function M.index_key(orderId) return stock.index_key(orderId) end
+
+-- The first id of the k-th block of a spec: 18 digits, a multiple of 256.
+function M.block(k) return '457000000' .. string.format('%09d', 256 * k) end
 
 -- A user key's text 'gen|held|tokens|ts|fullAt' as a table of its non-empty fields.
 local USER_FIELDS = { 'gen', 'held', 'tokens', 'ts', 'fullAt' }
@@ -62,7 +67,7 @@ function M.setup(o)
   local client = helpers.redis()
   if not (o and o.flush == false) then client:flushdb() end
   assert.are.equal('flashhost', function_cmd(client, 'LOAD', 'REPLACE', M.source()))
-  local seq = 0
+  local seq, blocks = 0, 0
 
   local api = { client = client }
 
@@ -85,13 +90,22 @@ function M.setup(o)
 
   -- The KEYS and ARGV of purchase_batch for attempts { user, quantity, key, hash,
   -- resId, orderId, traceId }, with o: the app's defaults perUserLimit, ttlSec,
-  -- rlCapacity, rlRate (DESIGN.md's defaults unless given) and index.
+  -- rlCapacity, rlRate (DESIGN.md's defaults unless given) and index.  With
+  -- o.index the ids not given are those of a new block (lib/order_ids).
   function api.batch_args(sku, attempts, o)
     o = o or {}
     local k = M.keys(sku)
     local keys = { k.sale, k.stock, k.counts, k.pending, k.outbox, k.sokeys }
     local argv = { #attempts, o.perUserLimit or 1, o.ttlSec or 300, o.rlCapacity or 20, o.rlRate or 5,
       o.index and '1' or '0' }
+    if o.index then
+      blocks = blocks + 1
+      local base = M.block(blocks)
+      for i, a in ipairs(attempts) do
+        local orderId, resId = order_ids.of_block(base, i)
+        a.orderId, a.resId = a.orderId or orderId, a.resId or resId
+      end
+    end
     for _, a in ipairs(attempts) do
       seq = seq + 1
       a.resId, a.orderId, a.key = a.resId or ('r' .. seq), a.orderId or ('o' .. seq), a.key or ''
@@ -100,15 +114,20 @@ function M.setup(o)
         argv[#argv + 1] = v
       end
     end
-    if o.index then
-      for _, a in ipairs(attempts) do keys[#keys + 1] = M.index_key(a.orderId) end
-    end
     return keys, argv
   end
 
-  -- One purchase_batch call: the list of answers.
+  -- One purchase_batch call: the list of answers, each OK made whole from
+  -- its `remaining` as the app makes it (lib/stock.batch_answers).
   function api.batch(sku, attempts, o)
-    return api.fcall('purchase_batch', api.batch_args(sku, attempts, o))
+    local raw = api.fcall('purchase_batch', api.batch_args(sku, attempts, o))
+    local shaped = {}
+    for i, a in ipairs(attempts) do
+      shaped[i] = { p = { quantity = a.quantity or 1 }, ids = { reservationId = a.resId, orderId = a.orderId } }
+    end
+    local list, err = stock.batch_answers(raw, shaped)
+    assert(list, err)
+    return list, raw
   end
 
   -- One attempt, a batch of one. o: quantity, key, hash, resId, orderId, traceId and the defaults.

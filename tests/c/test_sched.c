@@ -36,6 +36,21 @@ int main(void) {
       "timer.sleep(5)\n"
       "local ids = {}\n"
       "for i = 1, 10000 do local id = core.id() assert(not ids[id], 'unique ids') ids[id] = true end\n"
+      /* blocks: aligned, and no id of one is handed out again, by a block or by core.id */
+      "local ffi = require 'ffi'\n"
+      "ffi.cdef 'unsigned long long strtoull(const char *, char **, int);'\n"
+      "local function u64(s) return ffi.C.strtoull(s, nil, 10) end\n"
+      "local prev = u64(core.id())\n"
+      "for i = 1, 40 do\n"
+      "  local b, size = core.id_block()\n"
+      "  assert(size == 256, 'block size ' .. tostring(size))\n"
+      "  local v = u64(b)\n"
+      "  assert(v % 256 == 0, 'block aligned: ' .. b)\n"
+      "  assert(v > prev, 'block after the ids before it: ' .. b)\n"
+      "  local after = u64(core.id())\n"
+      "  assert(after > v + 255, 'no id of the block handed out again: ' .. b)\n"
+      "  prev = after\n"
+      "end\n"
       "os.exit(0)\n";
   if (run(ordering, "ordering") != 0) failures++;
 
