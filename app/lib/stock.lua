@@ -239,13 +239,14 @@ end
 
 -- The index entry of an order: "skuId:reservationId" | the client's null (no
 -- entry) | nil, err.  One HMGET reads the order's own field (an order of
--- before blocks) and its block's; a block's entry names the SKU, and the
--- reservation is the order id's by construction.
+-- before blocks: "skuId:reservationId") and its block's (the SKU alone: the
+-- reservation is the order id's by construction).  The first order of a
+-- block is the block's first id: both fields are then the same one.
 function M.read_index(redis, orderId)
   local block, resId = order_ids.locate(orderId)
   local v, err = redis:call("HMGET", M.index_key(orderId), orderId, block or orderId)
   if type(v) ~= "table" then return nil, err end
-  if type(v[1]) == "string" then return v[1] end
+  if type(v[1]) == "string" and v[1]:find(":", 1, true) then return v[1] end
   if block and type(v[2]) == "string" then return v[2] .. ":" .. resId end
   return v[1]
 end

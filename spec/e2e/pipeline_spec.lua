@@ -150,9 +150,9 @@ describe("order pipeline", function()
     end
     assert.are.equal("4", redis("GET", "{sku:" .. sku .. "}:stock"))
     assert.are.equal(1, orders(sku, "PENDING"))
-    -- without the index too
+    -- without the index too (the entry of the order's block)
     local index_key = require("app.lib.stock").index_key(b.orderId)
-    assert.are.equal("1", redis("HDEL", index_key, b.orderId))
+    assert.are.equal("1", redis("HDEL", index_key, (require("lib.order_ids").locate(b.orderId))))
     gs, view = T.json(api.port, "GET", path)
     assert.are.equal(200, gs)
     assert.are.equal("mysql", view.source)

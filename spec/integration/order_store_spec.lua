@@ -29,6 +29,8 @@ describe("order store", function()
     local list = buy("31", { "u1", "u2", "u3" }, "457000000000000256")
     assert.are.same({ "OK", "OK", "SOLD_OUT" }, { list[1].code, list[2].code, list[3].code })
     assert.are.same({ "457000000000000256", "31" }, r:call("HGETALL", stock.index_key("457000000000000256")))
+    -- the first order's id is the block's own: the same field
+    assert.are.same({ sku = "31", reservationId = list[1].reservationId }, (store.locate(r, nil, list[1].orderId)))
     local loc = assert(store.locate(r, nil, "457000000000000257"))
     assert.are.same({ sku = "31", reservationId = "457000000000000385" }, loc)
     assert.are.equal(list[2].reservationId, loc.reservationId)
