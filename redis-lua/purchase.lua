@@ -150,6 +150,8 @@ local function purchase_batch(keys, args)
   -- JSON pieces of the stored records and events (strings: cjson.encode never raises)
   local skuJson, priceJson = cjson.encode(c.sku), cjson.encode(price)
   local nowTextJson, expiresTextJson = cjson.encode(nowText), cjson.encode(expiresText)
+  -- a compact reservation's fields after its quantity, up to its traceId: the same for the batch
+  local resTail = RES_SEP .. (price or '') .. RES_SEP .. expiresText .. RES_SEP .. nowText .. RES_SEP
   -- Those of the OK answer (numbers) are made at the first OK: there, where
   -- the answer was encoded whole before, as a number cjson cannot write raises.
   local unitPriceJson, unitPricePart, expiresJson
@@ -303,14 +305,12 @@ local function purchase_batch(keys, args)
       qtyTexts[qty] = qt
     end
     local resId, orderId, traceId = args[a + 5], args[a + 6], args[a + 7]
-    -- The reservation, the event and the answer are written as JSON text from
-    -- their pieces (ids escaped by cjson.encode as any string); the event and
-    -- the answer in the key order cjson gave the tables they replace: the same text.
+    -- The reservation (compact, see RES_SEP) and the event are written from
+    -- their pieces (ids escaped by cjson.encode as any string); the event in
+    -- the key order cjson gave the table it replaces: the same text.
     local resJson, orderJson, userJson, traceJson = encode(resId), encode(orderId), encode(userId), encode(traceId)
     mset[#mset + 1] = keys[k + 2]
-    mset[#mset + 1] = '{"userId":' .. userJson .. ',"orderId":' .. orderJson .. ',"quantity":' .. qt[2] ..
-      ',"unitPrice":' .. priceJson .. ',"status":"PENDING","expiresAt":' .. expiresTextJson .. ',"createdAt":' ..
-      nowTextJson .. ',"updatedAt":' .. nowTextJson .. ',"traceId":' .. traceJson .. '}'
+    mset[#mset + 1] = 'P' .. RES_SEP .. userJson .. RES_SEP .. orderJson .. RES_SEP .. qt[1] .. resTail .. traceJson
     -- its row of the call's reserved message (the fields it shares with the others once there)
     events[#events + 1] = (#events > 1 and ',[' or '[') .. resJson .. ',' .. orderJson .. ',' .. userJson .. ',' ..
       qt[2] .. ',' .. traceJson .. ']'

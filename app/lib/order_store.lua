@@ -44,17 +44,36 @@ local function reservation_hash(redis, key)
   return h
 end
 
--- The reservation as a table (in Redis a JSON object of texts, see
--- redis-lua/README.md): fields | nil (no such key) | nil, err (Redis away,
--- or a value that is no reservation)
+-- A PENDING reservation as purchase_batch writes it: 'P' and seven fields,
+-- 0x1F before each, the ids as JSON texts (redis-lua/README.md) -> fields | nil
+local function compact_reservation(v)
+  local u, o, q, p, e, c, t = v:match(
+    "^P\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$")
+  if not u then return nil end
+  local ok, userId, orderId, traceId = pcall(function() return cjson.decode(u), cjson.decode(o), cjson.decode(t) end)
+  if not ok or type(userId) ~= "string" or type(orderId) ~= "string" or type(traceId) ~= "string" then return nil end
+  return { userId = userId, orderId = orderId, quantity = q, unitPrice = p ~= "" and p or nil, status = "PENDING",
+    expiresAt = e, createdAt = c, updatedAt = c, traceId = traceId }
+end
+
+-- A reservation's text in either form -> fields | nil (no reservation)
+function M.decode_reservation(v)
+  if v:sub(1, 2) == "P\31" then return compact_reservation(v) end
+  local ok, t = pcall(cjson.decode, v)
+  return ok and type(t) == "table" and t or nil
+end
+
+-- The reservation as a table of texts (in Redis compact while PENDING, then a
+-- JSON object, see redis-lua/README.md): fields | nil (no such key) | nil,
+-- err (Redis away, or a value that is no reservation)
 function M.reservation(redis, sku, resId)
   local key = stock.prefix(sku) .. "res:" .. resId
   local v, err, kind = redis:call("GET", key)
   if v == false and kind == "WRONGTYPE" then return reservation_hash(redis, key) end
   if v == cjson.null then return nil end
   if type(v) ~= "string" then return nil, err or "unreadable reservation" end
-  local ok, h = pcall(cjson.decode, v)
-  if not ok or type(h) ~= "table" then return nil, "unreadable reservation " .. key end
+  local h = M.decode_reservation(v)
+  if not h then return nil, "unreadable reservation " .. key end
   return h
 end
 

@@ -186,6 +186,33 @@ describe('purchase', function()
       assert.are.equal(4, r.check(S).stock)
     end)
 
+    it('writes a new reservation compact, which confirm and expire read as its fields', function()
+      r.sale(S, { initial = 5, price = 12.5, ttlSec = 60 })
+      local a = r.purchase(S, 'u\31x', { quantity = 2, perUserLimit = 3, traceId = 't"1' })
+      assert.are.equal('OK', a.code)
+      local text = r.client:get(K.res(a.reservationId))
+      local created = text:match('\31(%d+)\31"t\\"1"$')
+      -- 'P', then the ids as JSON texts (escaped: the separator stays a separator) and the numbers
+      assert.are.equal(table.concat({ 'P', '"u\\u001fx"', '"' .. a.orderId .. '"', '2', '12.5', tostring(a.expiresAt),
+        created, '"t\\"1"' }, '\31'), text)
+      assert.are.same({ userId = 'u\31x', orderId = a.orderId, quantity = '2', unitPrice = '12.5', status = 'PENDING',
+        expiresAt = tostring(a.expiresAt), createdAt = created, updatedAt = created, traceId = 't"1' },
+        r.res(S, a.reservationId))
+      local c = r.confirm(S, a.reservationId, { paymentRef = 'pay-1', userId = 'u\31x' })
+      assert.are.equal('CONFIRMED', c.status)
+      assert.are.equal(a.orderId, c.orderId)
+      -- once it left PENDING it is a JSON object of the same fields and more
+      local saved = cjson.decode(r.client:get(K.res(a.reservationId)))
+      assert.are.same({ 'u\31x', '2', '12.5', 'pay-1', created, 't"1' },
+        { saved.userId, saved.quantity, saved.unitPrice, saved.paymentRef, saved.createdAt, saved.traceId })
+      -- one of the JSON form, PENDING, still expires and gives its tickets back
+      local b = r.purchase(S, 'u2', { perUserLimit = 3 })
+      r.patch_res(S, b.reservationId, { expiresAt = '1' })
+      assert.are.equal('{', r.client:get(K.res(b.reservationId)):sub(1, 1))
+      assert.are.equal('EXPIRED', r.release(S, b.reservationId, 'expired').status)
+      assert.are.equal(3, r.check(S).stock)
+    end)
+
     it('refuses the key of another user with IDEMPOTENCY_KEY_REUSED', function()
       r.sale(S, { initial = 5 })
       assert.are.equal('OK', r.purchase(S, 'u1', { key = 'k1', hash = 'h1' }).code)

@@ -8,6 +8,7 @@ local assert = require 'luassert'
 local order_events = require 'app.lib.order_events'
 local stock = require 'lib.stock'
 local order_ids = require 'lib.order_ids'
+local order_store = require 'lib.order_store'
 
 local root = debug.getinfo(1, 'S').source:match('^@(.-)spec/redis/scripts%.lua$') or ''
 local xrange = redis.command('XRANGE')
@@ -169,16 +170,18 @@ function M.setup(o)
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
 
-  -- A reservation's fields (a JSON object of texts in Redis), or {} when there is none.
+  -- A reservation's fields (texts: compact while PENDING, then a JSON
+  -- object in Redis; read as the app reads them), or {} when there is none.
   function api.res(sku, id)
     local v = client:get(M.keys(sku).res(id))
-    return v and cjson.decode(v) or {}
+    return v and assert(order_store.decode_reservation(v), 'unreadable reservation ' .. v) or {}
   end
 
-  -- Changes some fields of a reservation, keeping the others and its TTL.
+  -- Changes some fields of a reservation, keeping the others and its TTL
+  -- (saved as a JSON object: a form every reader reads).
   function api.patch_res(sku, id, changes)
     local k = M.keys(sku).res(id)
-    local r = cjson.decode((assert(client:get(k), 'no reservation ' .. id)))
+    local r = assert(order_store.decode_reservation((assert(client:get(k), 'no reservation ' .. id))))
     for f, v in pairs(changes) do r[f] = v end
     local ttl = client:pttl(k)
     client:set(k, cjson.encode(r))
