@@ -34,7 +34,15 @@ end
 local RES_SCRIPT = [==[
 local out = {}
 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  local r = cjson.decode(redis.call('GET', k))
+  local v = redis.call('GET', k)
+  local r
+  if string.sub(v, 1, 2) == 'P\31' then
+    -- a PENDING one is compact: 'P', then userId, orderId, ..., traceId, 0x1F before each (ids as JSON)
+    local o, t = string.match(v, '^P\31[^\31]*\31([^\31]*)\31[^\31]*\31[^\31]*\31[^\31]*\31[^\31]*\31([^\31]*)$')
+    r = { orderId = cjson.decode(o), traceId = cjson.decode(t) }
+  else
+    r = cjson.decode(v)
+  end
   out[#out + 1] = k .. '|' .. (r.orderId or '') .. '|' .. (r.traceId or '')
 end
 return out]==]
