@@ -15,6 +15,7 @@ return {
   -- a worker that saw a SKU sold out answers 410 from memory for this long
   sold_out_mark_ms = 500,
   -- group commit: at most this many attempts of one SKU in one purchase_batch call
+  -- (128 at most: a batch names its ids from one block, lib/order_ids)
   purchase_batch_max = 128,
   -- Retry-After (seconds) sent with 503 when a dependency is down
   retry_after_unavailable_sec = 1,

@@ -51,9 +51,9 @@ end
 
 -- KEYS: 1 sale, 2 stock, 3 counts, 4 pending, 5 outbox, 6 sokeys, then per attempt
 --       u:<userId>, res:<reservationId>
--- (The stored answers' hashes, idems:<day>, are named from Redis's clock here,
--- and the order index hash from the ids: the SKU's slot, as the declared keys,
--- or on one Redis, where only the index is written here.)
+-- (Named here, not declared: the stored answers' hashes, idems:<day>, from
+-- Redis's clock, in the SKU's slot as the declared keys; and with index '1'
+-- the order index hash, from the first orderId: one Redis only.)
 -- ARGV: 1 n, 2 perUserLimit, 3 ttlSec, 4 rlCapacity, 5 rlRate, 6 index ('1' | '0'),
 --       then per attempt: userId, quantity, idempotencyKey, requestHash, reservationId,
 --       orderId, traceId
