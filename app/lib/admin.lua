@@ -31,11 +31,11 @@ function M.routes(app, deps)
 
   app:admin("POST", "/admin/v1/sales", function(req, ctx)
     local body, jerr = req:json()
-    if not body then return 400, { error = "INVALID_JSON", message = jerr } end
+    if not body then return answers.refusal(400, "INVALID_JSON", jerr) end
     local s, verr = validate.sale(body)
-    if not s then return 400, { error = "VALIDATION_ERROR", message = verr.message, field = verr.field } end
+    if not s then return answers.refusal(400, "VALIDATION_ERROR", verr.message, { field = verr.field }) end
     if s.queue and not (deps.queue_ready and deps.queue_ready()) then
-      return 409, { error = "QUEUE_SECRET_MISSING", message = "a queued sale needs QUEUE_SECRET set on the API", field = "queue" }
+      return answers.refusal(409, "QUEUE_SECRET_MISSING", "a queued sale needs QUEUE_SECRET set on the API", { field = "queue" })
     end
     -- A reset cancels the sale's pending reservations: most of them first, in
     -- short steps, so that Redis is never held for the whole walk.
@@ -45,7 +45,7 @@ function M.routes(app, deps)
     if a then a.canceled = a.canceled + stepped end
     if not a then
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
-      return 500, { error = "INTERNAL", message = tostring(detail) }
+      return answers.refusal(500, "INTERNAL", tostring(detail))
     end
     -- Bookkeeping beside the sale: the SKU list, a fresh set of the keys
     -- answered SOLD_OUT (sokeys), the in-process sold-out mark.  None of it
@@ -59,7 +59,7 @@ function M.routes(app, deps)
     if not qok then
       ctx.log.warn("queue not set up", { sku = s.skuId, kind = qkind, err = qdetail })
       if qkind == "unavailable" then return answers.unavailable(rules, qdetail) end
-      return 500, { error = "INTERNAL", message = tostring(qdetail) }
+      return answers.refusal(500, "INTERNAL", tostring(qdetail))
     end
     if deps.queue_cache then deps.queue_cache:forget(s.skuId) end
     if ctx.db then
@@ -98,11 +98,11 @@ function M.routes(app, deps)
 
   app:admin("GET", "/admin/v1/sales/:skuId/reconcile", function(req, ctx)
     local sku = validate.id_string(req.params.skuId, "skuId")
-    if not sku then return 400, { error = "VALIDATION_ERROR", message = "skuId must be digits" } end
+    if not sku then return answers.refusal(400, "VALIDATION_ERROR", "skuId must be digits") end
     local report, err = reconcile.sku(ctx.redis, ctx.db, sku)
     if not report then
-      if tostring(err):find("^no sale") then return 404, { error = "SKU_NOT_FOUND", message = err } end
-      return 503, { error = "SERVICE_UNAVAILABLE", message = err }, { ["Retry-After"] = "1" }
+      if tostring(err):find("^no sale") then return answers.refusal(404, "SKU_NOT_FOUND", err) end
+      return answers.refusal(503, "SERVICE_UNAVAILABLE", err, nil, { ["Retry-After"] = "1" })
     end
     return 200, report
   end)

@@ -41,13 +41,13 @@ function M.routes(app, deps)
 
   app:admin("GET", "/admin/v1/sales/:skuId/queue", function(req, ctx)
     local sku = validate.id_string(req.params.skuId, "skuId")
-    if not sku then return 400, { error = "VALIDATION_ERROR", message = "skuId must be digits" } end
+    if not sku then return answers.refusal(400, "VALIDATION_ERROR", "skuId must be digits") end
     local st, kind, detail = store.state(ctx.redis, sku)
     if not st then
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
       return answers.internal()
     end
-    if st.code ~= "OK" then return 404, { error = "QUEUE_NOT_FOUND", message = "this SKU has no queued sale" } end
+    if st.code ~= "OK" then return answers.refusal(404, "QUEUE_NOT_FOUND", "this SKU has no queued sale") end
     local v = M.view(st)
     v.skuId = sku
     return 200, v
@@ -55,17 +55,17 @@ function M.routes(app, deps)
 
   app:admin("POST", "/admin/v1/sales/:skuId/queue", function(req, ctx)
     local sku = validate.id_string(req.params.skuId, "skuId")
-    if not sku then return 400, { error = "VALIDATION_ERROR", message = "skuId must be digits" } end
+    if not sku then return answers.refusal(400, "VALIDATION_ERROR", "skuId must be digits") end
     local body, jerr = req:json()
-    if not body then return 400, { error = "INVALID_JSON", message = jerr } end
+    if not body then return answers.refusal(400, "INVALID_JSON", jerr) end
     local rate, verr = validate.admit_rate(type(body) == "table" and body.admitPerSec)
-    if not rate then return 400, { error = "VALIDATION_ERROR", message = verr.message, field = verr.field } end
+    if not rate then return answers.refusal(400, "VALIDATION_ERROR", verr.message, { field = verr.field }) end
     local a, kind, detail = store.rate(ctx.redis, sku, rate)
     if not a then
       if kind == "unavailable" then return answers.unavailable(rules, detail) end
       return answers.internal()
     end
-    if a.code ~= "OK" then return 404, { error = "QUEUE_NOT_FOUND", message = "this SKU has no queued sale" } end
+    if a.code ~= "OK" then return answers.refusal(404, "QUEUE_NOT_FOUND", "this SKU has no queued sale") end
     ctx.log.info("queue rate set", { sku = sku, admit_per_sec = rate, request_id = req.id })
     local v = M.stats(ctx.redis, sku) or { admitPerSec = rate }
     v.skuId = sku

@@ -407,14 +407,18 @@ describe("waiting room", function()
     end
     assert.are.equal("0", redis("EXISTS", "{sku:99999991}:q"))
     -- the admin side: a bad rate, a SKU without a queue, a bad queue setting
-    s = T.json(api.admin, "POST", "/admin/v1/sales/" .. sku .. "/queue", { admitPerSec = -1 })
+    -- (each in the one shape of a refusal, as the public routes answer)
+    local b
+    s, b = T.json(api.admin, "POST", "/admin/v1/sales/" .. sku .. "/queue", { admitPerSec = -1 })
     assert.are.equal(400, s)
-    s = T.json(api.admin, "POST", "/admin/v1/sales/" .. plain .. "/queue", { admitPerSec = 5 })
+    assert.are.same({ false, "VALIDATION_ERROR" }, { b.success, b.error })
+    s, b = T.json(api.admin, "POST", "/admin/v1/sales/" .. plain .. "/queue", { admitPerSec = 5 })
     assert.are.equal(404, s)
+    assert.are.same({ false, "QUEUE_NOT_FOUND" }, { b.success, b.error })
     local s4, b4 = T.json(api.admin, "POST", "/admin/v1/sales",
       { skuId = "99999992", name = "x", price = 1, stock = 1, queue = { preQueueSec = 60 } })
     assert.are.equal(400, s4)
-    assert.are.equal("queue.preQueueSec", b4.field)
+    assert.are.same({ false, "VALIDATION_ERROR", "queue.preQueueSec" }, { b4.success, b4.error, b4.field })
     assert.are.equal(1000, stats(sku).admitPerSec)
     -- the purchase itself still works with the right token
     local s5 = conn:one(unpack(buy_req(sku, "41", token)))
