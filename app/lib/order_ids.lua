@@ -12,7 +12,7 @@
 -- arithmetic here touches only the last 9 digits.  1e9 is a multiple of 256,
 -- so X mod 256 is (its last 9 digits) mod 256, and adding up to 255 to a
 -- multiple of 256 never carries past those digits.  The same steps, in Redis's
--- Lua, are in redis-lua/purchase.lua (block_of).
+-- Lua, are in redis-lua/flashhost.lua (is_block_start).
 local M = {}
 
 M.BLOCK = 256
